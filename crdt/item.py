@@ -1,0 +1,299 @@
+"""Memory items: the validated value type, and their record encoding inside tier documents."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crdt.codecs import (
+    MAX_DIM,
+    EmbeddingCodec,
+    FloatVector,
+    as_vector,
+    decode_embedding,
+    encode_embedding,
+)
+from crdt.errors import CorruptRecordError, InvalidItemError, UnknownTierError
+from crdt.hlc import Timestamp
+
+REPLICATED_TIERS: tuple[str, ...] = ("L1", "L2", "L3")
+TIER_NAMES: dict[str, str] = {
+    "L0": "cache",
+    "L1": "working",
+    "L2": "episodic",
+    "L3": "semantic",
+}
+ITEM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits checked before anything is written."""
+
+    max_content_bytes: int = 1 << 20
+    max_metadata_bytes: int = 64 << 10
+    max_dim: int = MAX_DIM
+    max_tags: int = 256
+    max_tag_chars: int = 256
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MemoryItem:
+    """One version of a memory item, or the value a resolver returns for it."""
+
+    id: str
+    tier: str
+    content: str
+    content_hash: str
+    embedding: FloatVector | None
+    metadata: Mapping[str, Any]
+    tags: tuple[str, ...]
+    citations: tuple[str, ...]
+    confidence: float
+    created: Timestamp
+    updated: Timestamp
+    author: str
+    deleted: bool = False
+    moved_to: str | None = None
+    codec: EmbeddingCodec = field(default=EmbeddingCodec.F32)
+
+    @property
+    def order_key(self) -> tuple[Timestamp, str]:
+        """Return the last-writer-wins order: HLC, then author node id."""
+        return (self.updated, self.author)
+
+    def __eq__(self, other: object) -> bool:
+        """Compare every field; embeddings compare by value."""
+        if not isinstance(other, MemoryItem):
+            return NotImplemented
+        return to_record(self) == to_record(other)
+
+    def __hash__(self) -> int:
+        """Hash the identity of the version."""
+        return hash((self.id, self.tier, self.updated, self.author))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-friendly view with the embedding as a list of floats."""
+        return {
+            "id": self.id,
+            "tier": self.tier,
+            "content": self.content,
+            "content_hash": self.content_hash,
+            "embedding": None if self.embedding is None else self.embedding.tolist(),
+            "metadata": dict(self.metadata),
+            "tags": list(self.tags),
+            "citations": list(self.citations),
+            "confidence": self.confidence,
+            "created": self.created.encode(),
+            "updated": self.updated.encode(),
+            "author": self.author,
+            "deleted": self.deleted,
+            "moved_to": self.moved_to,
+        }
+
+
+def content_hash_of(content: str) -> str:
+    """Return the hex SHA-256 of the UTF-8 content."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def check_tier(tier: str, tiers: Iterable[str] = REPLICATED_TIERS) -> str:
+    """Return `tier` if it names a replicated tier, else raise UnknownTierError."""
+    if tier not in tuple(tiers):
+        raise UnknownTierError(f"unknown tier {tier!r}; expected one of {', '.join(tiers)}")
+    return tier
+
+
+def check_item_id(item_id: object) -> str:
+    """Return a valid item id or raise InvalidItemError."""
+    if not isinstance(item_id, str) or ITEM_ID_PATTERN.fullmatch(item_id) is None:
+        raise InvalidItemError(
+            f"invalid item id {item_id!r}: 1-128 chars of letters, digits and ._:@+- "
+            "starting with a letter or digit"
+        )
+    return item_id
+
+
+def canonical_json(value: object) -> str:
+    """Return compact, key-sorted JSON; raise InvalidItemError if `value` is not JSON."""
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidItemError(f"not JSON-serialisable: {exc}") from None
+
+
+def _check_strings(name: str, values: object, limits: Limits) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise InvalidItemError(f"{name} must be a list of strings")
+    out = tuple(values)
+    if len(out) > limits.max_tags:
+        raise InvalidItemError(f"{name}: {len(out)} entries, at most {limits.max_tags}")
+    for value in out:
+        if not isinstance(value, str) or not 0 < len(value) <= limits.max_tag_chars:
+            raise InvalidItemError(
+                f"{name} entries must be non-empty strings of at most "
+                f"{limits.max_tag_chars} chars, got {value!r}"
+            )
+    return out
+
+
+def build_item(
+    *,
+    item_id: str,
+    tier: str,
+    content: object,
+    embedding: object | None,
+    metadata: object | None,
+    tags: object,
+    citations: object,
+    confidence: object,
+    created: Timestamp,
+    updated: Timestamp,
+    author: str,
+    codec: EmbeddingCodec,
+    limits: Limits,
+) -> MemoryItem:
+    """Validate user input and return a live item; raise InvalidItemError on any bad field."""
+    check_item_id(item_id)
+    if not isinstance(content, str):
+        raise InvalidItemError(f"content must be a string, got {type(content).__name__}")
+    if len(content) > limits.max_content_bytes or (
+        len(content.encode("utf-8")) > limits.max_content_bytes
+    ):
+        raise InvalidItemError(f"content over the limit of {limits.max_content_bytes} bytes")
+    meta = {} if metadata is None else metadata
+    if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+        raise InvalidItemError("metadata must be a JSON object with string keys")
+    meta_json = canonical_json(meta)
+    if len(meta_json.encode("utf-8")) > limits.max_metadata_bytes:
+        raise InvalidItemError(f"metadata over the limit of {limits.max_metadata_bytes} bytes")
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+        raise InvalidItemError("confidence must be a number in [0, 1]")
+    conf = float(confidence)
+    if not (math.isfinite(conf) and 0.0 <= conf <= 1.0):
+        raise InvalidItemError(f"confidence {confidence!r} outside [0, 1]")
+    vec = None if embedding is None else as_vector(embedding, max_dim=limits.max_dim)
+    if vec is not None:
+        vec = _quantised(vec, codec)
+    return MemoryItem(
+        id=item_id,
+        tier=tier,
+        content=content,
+        content_hash=content_hash_of(content),
+        embedding=vec,
+        metadata=json.loads(meta_json),
+        tags=_check_strings("tags", tags, limits),
+        citations=_check_strings("citations", citations, limits),
+        confidence=conf,
+        created=created,
+        updated=updated,
+        author=author,
+        codec=codec,
+    )
+
+
+def _quantised(vec: FloatVector, codec: EmbeddingCodec) -> FloatVector:
+    """Return what readers will see after the codec round trip (so local reads match remote)."""
+    if codec is EmbeddingCodec.F32:
+        out = vec.copy()
+    else:
+        out = decode_embedding(encode_embedding(vec, codec), codec, vec.shape[0])
+    out.flags.writeable = False
+    return out
+
+
+def tombstone(
+    item: MemoryItem, *, updated: Timestamp, author: str, moved_to: str | None = None
+) -> MemoryItem:
+    """Return a tombstone version of `item` (content dropped, `moved_to` set for moves)."""
+    return MemoryItem(
+        id=item.id,
+        tier=item.tier,
+        content="",
+        content_hash=content_hash_of(""),
+        embedding=None,
+        metadata={},
+        tags=(),
+        citations=(),
+        confidence=0.0,
+        created=item.created,
+        updated=updated,
+        author=author,
+        deleted=True,
+        moved_to=moved_to,
+        codec=item.codec,
+    )
+
+
+def to_record(item: MemoryItem) -> str:
+    """Encode a version as the JSON string stored in a tier document."""
+    emb = item.embedding
+    record: dict[str, Any] = {
+        "content": item.content,
+        "content_hash": item.content_hash,
+        "metadata": item.metadata,
+        "tags": list(item.tags),
+        "citations": list(item.citations),
+        "confidence": item.confidence,
+        "created": item.created.encode(),
+        "updated": item.updated.encode(),
+        "author": item.author,
+    }
+    if emb is not None:
+        record["embedding"] = base64.b64encode(encode_embedding(emb, item.codec)).decode()
+        record["codec"] = item.codec.value
+        record["dim"] = int(emb.shape[0])
+    if item.deleted:
+        record["deleted"] = True
+    if item.moved_to is not None:
+        record["moved_to"] = item.moved_to
+    return canonical_json(record)
+
+
+def from_record(item_id: str, tier: str, record: str) -> MemoryItem:
+    """Decode a stored version; raise CorruptRecordError on anything malformed."""
+    try:
+        raw = json.loads(record)
+        if not isinstance(raw, dict):
+            raise TypeError("record is not an object")
+        embedding = None
+        codec = EmbeddingCodec(raw.get("codec", "f32"))
+        if "embedding" in raw:
+            data = base64.b64decode(raw["embedding"], validate=True)
+            embedding = decode_embedding(data, codec, int(raw["dim"]))
+            if not np.isfinite(embedding).all():
+                raise ValueError("embedding is not finite")
+            embedding.flags.writeable = False
+        moved_to = raw.get("moved_to")
+        metadata = raw["metadata"]
+        if not isinstance(metadata, dict) or not isinstance(raw["content"], str):
+            raise TypeError("bad field types")
+        return MemoryItem(
+            id=item_id,
+            tier=tier,
+            content=raw["content"],
+            content_hash=str(raw["content_hash"]),
+            embedding=embedding,
+            metadata=metadata,
+            tags=tuple(str(t) for t in raw["tags"]),
+            citations=tuple(str(c) for c in raw["citations"]),
+            confidence=float(raw["confidence"]),
+            created=Timestamp.decode(raw["created"]),
+            updated=Timestamp.decode(raw["updated"]),
+            author=str(raw["author"]),
+            deleted=bool(raw.get("deleted", False)),
+            moved_to=None if moved_to is None else str(moved_to),
+            codec=codec,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptRecordError(f"corrupt record for {tier}/{item_id}: {exc}") from None

@@ -1,0 +1,582 @@
+"""TieredMemory: one node's replicated tiers, with resolution, digests, search and events.
+
+Pure and synchronous: every mutation takes `now_ms` and returns a `Change` holding the Yjs
+updates to persist (and later to send) and the events it produced. The caller commits the
+change before acknowledging it; nothing here touches a disk, a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt.cache import EmbeddingReducer, LruCache
+from crdt.codecs import FloatVector, as_vector
+from crdt.config import MemoryConfig
+from crdt.errors import ClockDriftError, CorruptRecordError, ItemNotFoundError
+from crdt.events import EventKind, EventLog, MemoryEvent
+from crdt.hlc import HybridLogicalClock, Timestamp
+from crdt.item import MemoryItem, build_item, check_item_id, check_tier, from_record, tombstone
+from crdt.item import to_record as encode_record
+from crdt.merkle import MerkleDigest
+from crdt.search import SearchHit, VectorIndex
+from crdt.tier import TierDoc
+
+L0 = "L0"
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """A put request: what the caller wants stored (validated when applied)."""
+
+    tier: str
+    content: str
+    id: str
+    embedding: Any = None
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+    citations: Sequence[str] = ()
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a mutation produced: updates to persist in order, events, a clock ceiling."""
+
+    updates: tuple[tuple[str, bytes], ...] = ()
+    events: tuple[MemoryEvent, ...] = ()
+    ceiling_ms: int | None = None
+    items: tuple[MemoryItem, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Return True when nothing needs persisting."""
+        return not self.updates and self.ceiling_ms is None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """An item's state across tiers: the value reads return and every version behind it."""
+
+    item: MemoryItem | None
+    versions: tuple[MemoryItem, ...]
+    conflict: bool
+
+
+@dataclass(slots=True)
+class MemoryStats:
+    """Counters a node reports about its memory."""
+
+    conflicts_detected: int = 0
+    conflicts_resolved: int = 0
+    corrupt_records: int = 0
+    clock_drift_rejections: int = 0
+    tombstones_collected: int = 0
+    remote_updates_applied: int = 0
+    by_resolution: dict[str, int] = field(default_factory=dict)
+
+
+class TieredMemory:
+    """The replicated tiers L1-L3 of one node plus the local L0 cache."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        client_ids: Mapping[str, int],
+        config: MemoryConfig | None = None,
+        clock: HybridLogicalClock | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        """Create empty tiers; `client_ids` must be fresh Yjs client ids, one per tier."""
+        self.node_id = node_id
+        self.config = config or MemoryConfig.default()
+        self.clock = clock or HybridLogicalClock(max_drift_ms=self.config.max_clock_drift_ms)
+        self.events = events or EventLog(
+            capacity=self.config.event_capacity, retention_ms=self.config.event_retention_ms
+        )
+        self.stats = MemoryStats()
+        self._tiers = {t: TierDoc(t, client_id=client_ids[t]) for t in self.config.tiers}
+        self._digests = {t: MerkleDigest() for t in self._tiers}
+        self._index = VectorIndex()
+        self._indexed_tier: dict[str, str] = {}
+        self._cache: LruCache[str, MemoryItem] = LruCache(self.config.l0_capacity)
+        self._l0_vectors: dict[str, FloatVector] = {}
+        self._reducer = EmbeddingReducer(self.config.l0_dim)
+        self._where: dict[str, set[str]] = {}
+        self._home: dict[str, str] = {}
+        self._reported_conflicts: dict[str, frozenset[tuple[str, str, Timestamp]]] = {}
+        self._tombstoned: dict[str, set[str]] = {t: set() for t in self._tiers}
+
+    # ----------------------------------------------------------------- loading
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """Return the replicated tier names."""
+        return tuple(self._tiers)
+
+    def tier_doc(self, tier: str) -> TierDoc:
+        """Return the document of a replicated tier."""
+        return self._tiers[check_tier(tier, self._tiers)]
+
+    def load(self, tier: str, blobs: Iterable[bytes]) -> int:
+        """Apply persisted updates at start-up (no events); return how many items changed."""
+        doc = self.tier_doc(tier)
+        changed: set[str] = set()
+        for blob in blobs:
+            changed |= doc.apply_update(blob)
+        for item_id in changed:
+            self._refresh(item_id, tier, origin=None)
+        return len(changed)
+
+    # ----------------------------------------------------------------- writes
+
+    def put(self, request: NewItem, now_ms: int) -> Change:
+        """Write one item (create or replace); the change's `items` holds the stored value."""
+        return self.put_many([request], now_ms)
+
+    def put_many(self, requests: Sequence[NewItem], now_ms: int) -> Change:
+        """Validate every request first, then write all of them; all or nothing."""
+        built: list[MemoryItem] = []
+        for request in requests:
+            tier = check_tier(request.tier, self._tiers)
+            item_id = check_item_id(request.id)
+            ts = self.clock.tick(now_ms)
+            previous = self._resolve(item_id).item if item_id in self._where else None
+            built.append(
+                build_item(
+                    item_id=item_id,
+                    tier=tier,
+                    content=request.content,
+                    embedding=request.embedding,
+                    metadata=request.metadata,
+                    tags=request.tags,
+                    citations=request.citations,
+                    confidence=request.confidence,
+                    created=previous.created if previous is not None else ts,
+                    updated=ts,
+                    author=self.node_id,
+                    codec=self.config.policy(tier).codec,
+                    limits=self.config.limits,
+                )
+            )
+        writes: dict[str, list[tuple[str, str, str | None]]] = {t: [] for t in self._tiers}
+        for item in built:
+            writes[item.tier].append((item.id, self.node_id, encode_record(item)))
+            self._collapse_elsewhere(item.id, item.tier, item.updated, writes, item.tier)
+        updates = self._commit_writes(writes)
+        events = []
+        for item in built:
+            self._refresh(item.id, item.tier, origin="local", known=item)
+            events.append(self._event(item.tier, item.id, EventKind.PUT, "local", item))
+        return self._change(updates, events, items=built)
+
+    def delete(self, item_id: str, now_ms: int) -> Change:
+        """Delete a live item by writing tombstones; raise ItemNotFoundError if not live."""
+        current = self.get(item_id)
+        ts = self.clock.tick(now_ms)
+        writes: dict[str, list[tuple[str, str, str | None]]] = {t: [] for t in self._tiers}
+        dead = tombstone(current, updated=ts, author=self.node_id)
+        writes[current.tier].append((item_id, self.node_id, encode_record(dead)))
+        self._collapse_elsewhere(item_id, current.tier, ts, writes, None)
+        updates = self._commit_writes(writes)
+        self._refresh(item_id, current.tier, origin="local")
+        event = self._event(current.tier, item_id, EventKind.DELETE, "local", dead)
+        return self._change(updates, [event])
+
+    def move(self, item_id: str, to_tier: str, now_ms: int) -> Change:
+        """Move a live item to another tier: write it there, leave a moved_to tombstone."""
+        check_tier(to_tier, self._tiers)
+        current = self.get(item_id)
+        if current.tier == to_tier:
+            return self._change([], [], items=[current])
+        ts = self.clock.tick(now_ms)
+        codec = self.config.policy(to_tier).codec
+        moved = build_item(
+            item_id=item_id,
+            tier=to_tier,
+            content=current.content,
+            embedding=current.embedding,
+            metadata=current.metadata,
+            tags=current.tags,
+            citations=current.citations,
+            confidence=current.confidence,
+            created=current.created,
+            updated=ts,
+            author=self.node_id,
+            codec=codec,
+            limits=self.config.limits,
+        )
+        writes: dict[str, list[tuple[str, str, str | None]]] = {t: [] for t in self._tiers}
+        writes[to_tier].append((item_id, self.node_id, encode_record(moved)))
+        self._collapse_elsewhere(item_id, to_tier, ts, writes, to_tier)
+        updates = self._commit_writes(writes)
+        self._refresh(item_id, to_tier, origin="local", known=moved)
+        event = self._event(
+            to_tier, item_id, EventKind.MOVE, "local", moved, {"from": current.tier}
+        )
+        return self._change(updates, [event], items=[moved])
+
+    def _collapse_elsewhere(
+        self,
+        item_id: str,
+        home: str,
+        ts: Timestamp,
+        writes: dict[str, list[tuple[str, str, str | None]]],
+        moved_to: str | None,
+    ) -> None:
+        """Queue tombstones in other tiers whose versions are not one settled tombstone."""
+        for tier in self._where.get(item_id, ()):
+            if tier == home:
+                continue
+            versions = self._decoded(item_id, tier)
+            if len(versions) == 1 and versions[0].deleted:
+                continue
+            base = versions[0] if versions else None
+            if base is None:
+                continue
+            dead = tombstone(
+                dataclasses.replace(base, tier=tier),
+                updated=ts,
+                author=self.node_id,
+                moved_to=moved_to,
+            )
+            writes[tier].append((item_id, self.node_id, encode_record(dead)))
+
+    def _commit_writes(
+        self, writes: Mapping[str, list[tuple[str, str, str | None]]]
+    ) -> list[tuple[str, bytes]]:
+        updates: list[tuple[str, bytes]] = []
+        for tier, tier_writes in writes.items():
+            if not tier_writes:
+                continue
+            update = self._tiers[tier].write(tier_writes)
+            for item_id, _writer, _record in tier_writes:
+                self._note_tier(item_id, tier)
+            if update is not None:
+                updates.append((tier, update))
+        return updates
+
+    # ----------------------------------------------------------------- remote
+
+    def apply_remote(self, tier: str, update: bytes, now_ms: int) -> Change:
+        """Merge a peer's Yjs update for `tier`; return events for every changed item.
+
+        Raises CorruptUpdateError (a ValueError) if the update cannot be decoded; the tier
+        is then unchanged.
+        """
+        doc = self.tier_doc(tier)
+        changed = doc.apply_update(update)
+        self.stats.remote_updates_applied += 1
+        events: list[MemoryEvent] = []
+        newest: Timestamp | None = None
+        for item_id in sorted(changed):
+            self._note_tier(item_id, tier)
+            was_live = item_id in self._home
+            resolution = self._refresh(item_id, tier, origin="remote", events=events)
+            for version in resolution.versions:
+                if newest is None or version.updated > newest:
+                    newest = version.updated
+            item = resolution.item
+            if item is not None:
+                events.append(self._event(item.tier, item_id, EventKind.PUT, "remote", item))
+            elif was_live:
+                last = resolution.versions[-1] if resolution.versions else None
+                events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
+        if newest is not None:
+            try:
+                self.clock.observe(newest, now_ms)
+            except ClockDriftError:
+                self.stats.clock_drift_rejections += 1
+        if not changed:
+            return self._change([], [])
+        return self._change([(tier, update)], events)
+
+    # ----------------------------------------------------------------- tombstones
+
+    def collect_tombstones(self, now_ms: int) -> Change:
+        """Remove tombstoned items whose every version is older than the tier's retention."""
+        updates: list[tuple[str, bytes]] = []
+        events: list[MemoryEvent] = []
+        for tier, doc in self._tiers.items():
+            horizon = now_ms - self.config.policy(tier).tombstone_retention_ms
+            expired = [
+                item_id
+                for item_id in sorted(self._tombstoned[tier])
+                if all(
+                    v.deleted and v.updated.wall_ms < horizon for v in self._decoded(item_id, tier)
+                )
+            ]
+            if not expired:
+                continue
+            update = doc.remove_all(expired)
+            for item_id in expired:
+                self._refresh(item_id, tier, origin=None)
+                events.append(self._event(tier, item_id, EventKind.COLLECTED, "local", None))
+            self.stats.tombstones_collected += len(expired)
+            if update is not None:
+                updates.append((tier, update))
+        return self._change(updates, events)
+
+    # ----------------------------------------------------------------- reads
+
+    def get(self, item_id: str) -> MemoryItem:
+        """Return the resolved live item; raise ItemNotFoundError if absent or deleted."""
+        cached = self._cache.get(item_id)
+        if cached is not None:
+            return cached
+        if item_id not in self._home:
+            raise ItemNotFoundError(f"no item with id {item_id!r}")
+        item = self._resolve(item_id).item
+        if item is None:  # pragma: no cover - _home is kept in step with resolution
+            raise ItemNotFoundError(f"no item with id {item_id!r}")
+        self._remember(item)
+        return item
+
+    def versions(self, item_id: str) -> tuple[MemoryItem, ...]:
+        """Return every stored version of `item_id` across tiers (tombstones included)."""
+        return self._resolve(item_id).versions
+
+    def conflicts(self, item_id: str) -> tuple[MemoryItem, ...]:
+        """Return the concurrent versions of `item_id` if it is in conflict, else ()."""
+        resolution = self._resolve(item_id)
+        return resolution.versions if resolution.conflict else ()
+
+    def conflicted_ids(self) -> list[str]:
+        """Return the ids currently in conflict, sorted."""
+        return sorted(self._reported_conflicts)
+
+    def items(self, tier: str | None = None) -> Iterator[MemoryItem]:
+        """Iterate over live items (of one tier if given), in id order."""
+        for item_id in sorted(self._home):
+            item = self.get(item_id)
+            if tier is None or item.tier == tier:
+                yield item
+
+    def count(self, tier: str) -> int:
+        """Return the number of live items whose home is `tier`."""
+        return sum(1 for home in self._home.values() if home == tier)
+
+    def __contains__(self, item_id: object) -> bool:
+        """Return True if `item_id` is a live item."""
+        return item_id in self._home
+
+    def search(
+        self, query: object, k: int = 10, tiers: Collection[str] | None = None
+    ) -> list[SearchHit]:
+        """Return the k most cosine-similar live items in `tiers` (all replicated if None).
+
+        Tier "L0" searches the local cache's reduced embeddings instead.
+        """
+        vec = as_vector(query, max_dim=self.config.limits.max_dim)
+        chosen = tuple(tiers) if tiers is not None else self.tiers
+        for tier in chosen:
+            if tier != L0:
+                check_tier(tier, self._tiers)
+        hits = []
+        replicated = [t for t in chosen if t != L0]
+        if replicated:
+            hits = self._index.search(vec, k=k, tiers=replicated)
+        if L0 in chosen:
+            hits = sorted(
+                [*hits, *self._search_l0(vec, k)], key=lambda h: (-h.score, h.tier, h.item_id)
+            )[:k]
+        return hits
+
+    def _search_l0(self, vec: FloatVector, k: int) -> list[SearchHit]:
+        """Search the hot items in L0 by their reduced embeddings (reduced lazily, here)."""
+        reduced = self._reducer.reduce(vec)
+        cached = [self._cache.peek(item_id) for item_id in self._cache.keys()]  # noqa: SIM118
+        scored = []
+        for item in cached:
+            if item is None or item.embedding is None:
+                continue
+            small = self._l0_vectors.get(item.id)
+            if small is None:
+                small = self._l0_vectors[item.id] = self._reducer.reduce(item.embedding)
+            if small.shape == reduced.shape:
+                scored.append(SearchHit(L0, item.id, float(small @ reduced)))
+        for item_id in [i for i in self._l0_vectors if i not in self._cache]:
+            del self._l0_vectors[item_id]
+        scored.sort(key=lambda h: (-h.score, h.item_id))
+        return scored[:k]
+
+    def digest(self, tier: str) -> MerkleDigest:
+        """Return the Merkle digest of a tier's content (all versions, tombstones included)."""
+        return self._digests[check_tier(tier, self._tiers)]
+
+    def cache_stats(self) -> Any:
+        """Return the L0 cache counters."""
+        return self._cache.stats
+
+    # ----------------------------------------------------------------- internals
+
+    def _note_tier(self, item_id: str, tier: str) -> None:
+        if item_id in self._tiers[tier]:
+            self._where.setdefault(item_id, set()).add(tier)
+        else:
+            tiers = self._where.get(item_id)
+            if tiers is not None:
+                tiers.discard(tier)
+                if not tiers:
+                    del self._where[item_id]
+
+    def _decoded(self, item_id: str, tier: str) -> list[MemoryItem]:
+        out = []
+        for _writer, record in sorted(self._tiers[tier].versions(item_id).items()):
+            try:
+                out.append(from_record(item_id, tier, record))
+            except CorruptRecordError:
+                self.stats.corrupt_records += 1
+        return out
+
+    def _resolve(self, item_id: str) -> Resolution:
+        """Resolve an item across tiers; see docs/ARCHITECTURE.md, "Resolution"."""
+        per_tier = {t: self._decoded(item_id, t) for t in sorted(self._where.get(item_id, ()))}
+        versions = tuple(v for vs in per_tier.values() for v in vs)
+        live_by_tier = {t: [v for v in vs if not v.deleted] for t, vs in per_tier.items()}
+        live_tiers = [t for t, vs in live_by_tier.items() if vs]
+        conflict = len(live_tiers) > 1 or any(len(vs) > 1 for vs in per_tier.values())
+        if not live_tiers:
+            return Resolution(None, versions, conflict)
+        forwarding = {t for t, vs in per_tier.items() if any(v.deleted and v.moved_to for v in vs)}
+        candidates = [t for t in live_tiers if t not in forwarding] or live_tiers
+        home = max(candidates, key=lambda t: max(v.order_key for v in live_by_tier[t]))
+        live = sorted((v for t in live_tiers for v in live_by_tier[t]), key=lambda v: v.order_key)
+        item = live[0] if len(live) == 1 else self.config.policy(home).resolver(live)
+        if item.tier != home:
+            item = dataclasses.replace(item, tier=home)
+        return Resolution(item, versions, conflict)
+
+    def _refresh(
+        self,
+        item_id: str,
+        tier: str,
+        *,
+        origin: str | None,
+        known: MemoryItem | None = None,
+        events: list[MemoryEvent] | None = None,
+    ) -> Resolution:
+        """Bring digest, liveness, index, cache and conflict tracking up to date for one id."""
+        self._note_tier(item_id, tier)
+        for t, doc in self._tiers.items():
+            self._digests[t].set(item_id, doc.content_hash(item_id))
+            self._track_tombstones(item_id, t, live=known is not None and known.tier == t)
+        single_home = known is not None and self._where.get(item_id) == {known.tier}
+        if single_home and known is not None:
+            resolution = Resolution(known, (known,), False)
+        else:
+            resolution = self._resolve(item_id)
+        self._cache.invalidate(item_id)
+        self._l0_vectors.pop(item_id, None)
+        item = resolution.item
+        if item is None:
+            self._home.pop(item_id, None)
+            self._unindex(item_id)
+        else:
+            self._home[item_id] = item.tier
+            if item.embedding is not None:
+                old = self._indexed_tier.get(item_id)
+                if old is not None and old != item.tier:
+                    self._index.remove(old, item_id)
+                self._index.upsert(item.tier, item_id, item.embedding)
+                self._indexed_tier[item_id] = item.tier
+            else:
+                self._unindex(item_id)
+        self._track_conflict(item_id, resolution, origin, events)
+        return resolution
+
+    def _track_tombstones(self, item_id: str, tier: str, live: bool = False) -> None:
+        tomb = (
+            not live
+            and item_id in self._tiers[tier]
+            and all(v.deleted for v in self._decoded(item_id, tier))
+        )
+        if tomb:
+            self._tombstoned[tier].add(item_id)
+        else:
+            self._tombstoned[tier].discard(item_id)
+
+    def _unindex(self, item_id: str) -> None:
+        old = self._indexed_tier.pop(item_id, None)
+        if old is not None:
+            self._index.remove(old, item_id)
+
+    def _track_conflict(
+        self,
+        item_id: str,
+        resolution: Resolution,
+        origin: str | None,
+        events: list[MemoryEvent] | None,
+    ) -> None:
+        reported = self._reported_conflicts.get(item_id)
+        if resolution.conflict:
+            signature = frozenset((v.tier, v.author, v.updated) for v in resolution.versions)
+            if signature == reported:
+                return
+            self._reported_conflicts[item_id] = signature
+            self.stats.conflicts_detected += 1
+            if origin is not None and events is not None:
+                tiers = sorted({v.tier for v in resolution.versions})
+                events.append(
+                    self._event(
+                        resolution.item.tier if resolution.item else tiers[0],
+                        item_id,
+                        EventKind.CONFLICT,
+                        origin,
+                        resolution.item,
+                        {"versions": len(resolution.versions), "tiers": tiers},
+                    )
+                )
+        elif reported is not None:
+            del self._reported_conflicts[item_id]
+            self.stats.conflicts_resolved += 1
+            if origin is not None:
+                event = self._event(
+                    resolution.item.tier if resolution.item else "L1",
+                    item_id,
+                    EventKind.RESOLVED,
+                    origin,
+                    resolution.item,
+                )
+                if events is not None:
+                    events.append(event)
+
+    def _remember(self, item: MemoryItem) -> None:
+        self._cache.put(item.id, item)
+
+    def _event(
+        self,
+        tier: str,
+        item_id: str,
+        kind: EventKind,
+        origin: str,
+        item: MemoryItem | None,
+        detail: Mapping[str, object] | None = None,
+    ) -> MemoryEvent:
+        ts = item.updated if item is not None else self.clock.last
+        return self.events.append(
+            hlc=ts.encode(),
+            wall_ms=ts.wall_ms,
+            tier=tier,
+            item_id=item_id,
+            kind=kind,
+            origin=origin,
+            author=item.author if item is not None else self.node_id,
+            detail=dict(detail or {}),
+        )
+
+    def _change(
+        self,
+        updates: Sequence[tuple[str, bytes]],
+        events: Sequence[MemoryEvent],
+        items: Sequence[MemoryItem] = (),
+    ) -> Change:
+        return Change(
+            updates=tuple(updates),
+            events=tuple(events),
+            ceiling_ms=self.clock.pending_ceiling(),
+            items=tuple(items),
+        )

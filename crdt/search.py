@@ -1,0 +1,193 @@
+"""Incremental cosine-similarity index over float32 vectors keyed by (tier, item_id)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+_INITIAL_CAPACITY = 64
+
+Key: TypeAlias = tuple[str, str]
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One search result: the key and its cosine similarity to the query."""
+
+    tier: str
+    item_id: str
+    score: float
+
+
+def _normalise(vector: npt.ArrayLike, what: str) -> tuple[FloatArray, float]:
+    """Return the L2-normalised float32 copy of a finite 1-D vector and its original norm."""
+    v = np.asarray(vector, dtype=np.float64)
+    if v.ndim != 1 or v.shape[0] == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D vector, got shape {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    # Scaling by the largest component first keeps the norm from overflowing or underflowing.
+    scale = float(np.abs(v).max())
+    if scale == 0.0:
+        return np.zeros(v.shape[0], dtype=np.float32), 0.0
+    v = v / scale
+    norm = float(np.linalg.norm(v))
+    return (v / norm).astype(np.float32), norm * scale
+
+
+class _Block:
+    """Preallocated rows of one dimension with liveness, tier codes and a free list."""
+
+    __slots__ = ("count", "free", "keys", "live", "tiers", "used", "vectors")
+
+    def __init__(self, dim: int) -> None:
+        """Allocate an empty block for vectors of `dim` components."""
+        self.vectors: FloatArray = np.zeros((_INITIAL_CAPACITY, dim), dtype=np.float32)
+        self.live: npt.NDArray[np.bool_] = np.zeros(_INITIAL_CAPACITY, dtype=np.bool_)
+        self.tiers: npt.NDArray[np.int32] = np.zeros(_INITIAL_CAPACITY, dtype=np.int32)
+        self.keys: list[Key | None] = [None] * _INITIAL_CAPACITY
+        self.free: list[int] = []
+        self.used = 0  # rows [0, used) have ever been handed out
+        self.count = 0  # live rows
+
+    def _grow(self) -> None:
+        """Double the capacity, keeping existing rows in place."""
+        capacity = self.vectors.shape[0] * 2
+        vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
+        vectors[: self.used] = self.vectors[: self.used]
+        live = np.zeros(capacity, dtype=np.bool_)
+        live[: self.used] = self.live[: self.used]
+        tiers = np.zeros(capacity, dtype=np.int32)
+        tiers[: self.used] = self.tiers[: self.used]
+        self.vectors, self.live, self.tiers = vectors, live, tiers
+        self.keys.extend([None] * (capacity - len(self.keys)))
+
+    def add(self, key: Key, tier_code: int, vector: FloatArray) -> int:
+        """Store the vector in a free row and return the row number."""
+        if self.free:
+            row = self.free.pop()
+        else:
+            if self.used == self.vectors.shape[0]:
+                self._grow()
+            row = self.used
+            self.used += 1
+        self.vectors[row] = vector
+        self.live[row] = True
+        self.tiers[row] = tier_code
+        self.keys[row] = key
+        self.count += 1
+        return row
+
+    def discard(self, row: int) -> None:
+        """Mark the row free for reuse."""
+        self.live[row] = False
+        self.keys[row] = None
+        self.free.append(row)
+        self.count -= 1
+
+
+class VectorIndex:
+    """Cosine top-k index of (tier, item_id) -> vector; vectors of different dimensions coexist."""
+
+    __slots__ = ("_blocks", "_rows", "_tier_codes")
+
+    def __init__(self) -> None:
+        """Create an empty index."""
+        self._blocks: dict[int, _Block] = {}
+        self._rows: dict[Key, tuple[int, int]] = {}  # key -> (dimension, row)
+        # Codes are never reclaimed; the number of distinct tier names is small.
+        self._tier_codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """Return the number of stored vectors."""
+        return len(self._rows)
+
+    def __contains__(self, key: object) -> bool:
+        """Return whether a (tier, item_id) key is stored."""
+        return key in self._rows
+
+    def dimensions(self) -> tuple[int, ...]:
+        """Return the sorted dimensions that currently hold at least one vector."""
+        return tuple(sorted(self._blocks))
+
+    def upsert(self, tier: str, item_id: str, vector: npt.ArrayLike) -> None:
+        """Store the L2-normalised vector under (tier, item_id), replacing any previous one."""
+        normalised, _ = _normalise(vector, "vector")
+        dim = normalised.shape[0]
+        key = (tier, item_id)
+        tier_code = self._tier_codes.setdefault(tier, len(self._tier_codes))
+        existing = self._rows.get(key)
+        if existing is not None:
+            old_dim, row = existing
+            if old_dim == dim:
+                self._blocks[dim].vectors[row] = normalised
+                return
+            self._discard(old_dim, row)
+        block = self._blocks.get(dim)
+        if block is None:
+            block = self._blocks[dim] = _Block(dim)
+        self._rows[key] = (dim, block.add(key, tier_code, normalised))
+
+    def remove(self, tier: str, item_id: str) -> None:
+        """Remove the vector stored under (tier, item_id); do nothing if absent."""
+        existing = self._rows.pop((tier, item_id), None)
+        if existing is not None:
+            self._discard(*existing)
+
+    def _discard(self, dim: int, row: int) -> None:
+        """Free a row, dropping its block when it becomes empty."""
+        block = self._blocks[dim]
+        block.discard(row)
+        if block.count == 0:
+            del self._blocks[dim]
+
+    def search(
+        self, query: npt.ArrayLike, k: int = 10, tiers: Collection[str] | None = None
+    ) -> list[SearchHit]:
+        """Return up to k hits of the query's dimension, best first, ties by (tier, item_id)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(tiers, str):
+            raise TypeError("tiers must be a collection of tier names, not a single str")
+        q, norm = _normalise(query, "query")
+        if norm == 0.0:
+            raise ValueError("query vector has zero norm; cosine similarity is undefined")
+        block = self._blocks.get(q.shape[0])
+        if block is None:
+            return []
+        used = block.used
+        mask = block.live[:used]
+        if tiers is not None:
+            codes = [self._tier_codes[t] for t in tiers if t in self._tier_codes]
+            if not codes:
+                return []
+            wanted = np.zeros(len(self._tier_codes), dtype=np.bool_)
+            wanted[codes] = True
+            mask = mask & wanted[block.tiers[:used]]
+        candidates = int(np.count_nonzero(mask))
+        if candidates == 0:
+            return []
+        scores = block.vectors[:used] @ q
+        if candidates < used:
+            np.putmask(scores, ~mask, -np.inf)
+        if k >= candidates:
+            rows = np.flatnonzero(mask)
+        else:
+            top = np.argpartition(scores, used - k)[used - k :]
+            # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
+            # (tier, item_id) tie-break below is deterministic.
+            rows = np.flatnonzero(scores >= scores[top].min())
+        ranked = sorted((-float(scores[r]), *self._key(block, int(r))) for r in rows.tolist())
+        return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[:k]]
+
+    @staticmethod
+    def _key(block: _Block, row: int) -> Key:
+        """Return the key stored in a live row."""
+        key = block.keys[row]
+        assert key is not None  # callers only pass live rows
+        return key

@@ -1,0 +1,174 @@
+"""One replicated tier as a Yjs document holding a multi-value register per item.
+
+The document has one root map, ``items``, keyed ``ITEM_ID/WRITER_NODE_ID`` with the
+version's record (a JSON string) as value. The register of an item is the set of keys
+with its prefix. A write deletes every version it has seen and sets its own key, in one
+transaction; a concurrent write by another node uses another key, so both survive and
+the conflict is visible. The map is flat on purpose: creating a nested map per item
+concurrently on two nodes would let one creation overwrite the other and lose a write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from pycrdt import Doc, Map, merge_updates
+
+from crdt.item import ITEM_ID_PATTERN
+
+KEY_SEP = "/"
+ROOT_NAME = "items"
+
+
+class CorruptUpdateError(ValueError):
+    """A Yjs update could not be decoded; the document is unchanged."""
+
+
+def version_key(item_id: str, writer: str) -> str:
+    """Return the map key of `writer`'s version of `item_id`."""
+    return f"{item_id}{KEY_SEP}{writer}"
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """Return (item_id, writer) for a well-formed key, else None."""
+    item_id, sep, writer = key.partition(KEY_SEP)
+    if not sep or not writer or ITEM_ID_PATTERN.fullmatch(item_id) is None:
+        return None
+    return item_id, writer
+
+
+class TierDoc:
+    """A tier document plus an index of item id -> {writer: record}, kept in step."""
+
+    def __init__(self, tier: str, *, client_id: int) -> None:
+        """Create an empty document that writes under Yjs `client_id`."""
+        self.tier = tier
+        self._doc: Doc[Any] = Doc(client_id=client_id)
+        self._map: Map[Any] = self._doc.get(ROOT_NAME, type=Map)
+        self._versions: dict[str, dict[str, str]] = {}
+        self._changed_keys: set[str] = set()
+        self._captured: list[bytes] = []
+        self._map.observe(self._on_map_event)
+        self._doc.observe(self._on_transaction)
+
+    @property
+    def client_id(self) -> int:
+        """Return the Yjs client id this replica writes under."""
+        return int(self._doc.client_id)
+
+    def _on_map_event(self, event: Any) -> None:
+        self._changed_keys.update(event.keys)
+
+    def _on_transaction(self, event: Any) -> None:
+        self._captured.append(bytes(event.update))
+
+    def item_ids(self) -> Iterator[str]:
+        """Iterate over ids that have at least one version in this tier."""
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        """Return the number of items with at least one version."""
+        return len(self._versions)
+
+    def __contains__(self, item_id: object) -> bool:
+        """Return True if `item_id` has a version here."""
+        return item_id in self._versions
+
+    def versions(self, item_id: str) -> Mapping[str, str]:
+        """Return {writer: record} for `item_id` (empty if absent)."""
+        return self._versions.get(item_id, {})
+
+    def content_hash(self, item_id: str) -> bytes | None:
+        """Return a digest of every version of `item_id`, or None when it has none."""
+        versions = self._versions.get(item_id)
+        if not versions:
+            return None
+        h = hashlib.sha256()
+        for writer in sorted(versions):
+            h.update(writer.encode())
+            h.update(b"\0")
+            h.update(versions[writer].encode())
+            h.update(b"\n")
+        return h.digest()
+
+    def write(self, writes: Iterable[tuple[str, str, str | None]]) -> bytes | None:
+        """Apply local writes `(item_id, writer, record or None)` in one transaction.
+
+        Each write deletes every version of the item seen here, then sets `writer`'s
+        version to `record` (None deletes only). Returns the Yjs update, or None if empty.
+        """
+        self._captured.clear()
+        with self._doc.transaction():
+            for item_id, writer, record in writes:
+                current = self._versions.get(item_id, {})
+                for seen_writer in list(current):
+                    if seen_writer != writer or record is None:
+                        del self._map[version_key(item_id, seen_writer)]
+                if record is not None:
+                    self._map[version_key(item_id, writer)] = record
+                    self._versions[item_id] = {writer: record}
+                else:
+                    self._versions.pop(item_id, None)
+        self._changed_keys.clear()
+        return self._take_update()
+
+    def remove_all(self, item_ids: Iterable[str]) -> bytes | None:
+        """Delete every version of each item (tombstone collection); return the update."""
+        return self.write((item_id, "", None) for item_id in item_ids)
+
+    def apply_update(self, update: bytes) -> set[str]:
+        """Merge a remote Yjs update; return the ids whose versions changed."""
+        self._changed_keys.clear()
+        try:
+            self._doc.apply_update(update)
+        except ValueError as exc:
+            self._changed_keys.clear()
+            raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
+        finally:
+            self._captured.clear()
+        return self._reindex(self._changed_keys)
+
+    def _reindex(self, keys: Iterable[str]) -> set[str]:
+        changed: set[str] = set()
+        for key in list(keys):
+            parts = split_key(key)
+            if parts is None:
+                continue
+            item_id, writer = parts
+            value = self._map.get(key)
+            versions = self._versions.get(item_id)
+            if isinstance(value, str):
+                if versions is None:
+                    versions = self._versions[item_id] = {}
+                if versions.get(writer) == value:
+                    continue
+                versions[writer] = value
+            elif versions is not None and writer in versions:
+                del versions[writer]
+                if not versions:
+                    del self._versions[item_id]
+            else:
+                continue
+            changed.add(item_id)
+        self._changed_keys.clear()
+        return changed
+
+    def _take_update(self) -> bytes | None:
+        captured, self._captured = self._captured, []
+        if not captured:
+            return None
+        if len(captured) == 1:
+            return captured[0]
+        return bytes(merge_updates(*captured))
+
+    def state_vector(self) -> bytes:
+        """Return the Yjs state vector (what this replica has seen)."""
+        return bytes(self._doc.get_state())
+
+    def encode_diff(self, state_vector: bytes | None = None) -> bytes:
+        """Return a Yjs v1 update with everything missing from `state_vector` (all if None)."""
+        if state_vector is None:
+            return bytes(self._doc.get_update())
+        return bytes(self._doc.get_update(state_vector))

@@ -1,0 +1,350 @@
+"""`Mesh`: the public asyncio API over one node's durable tiered memory.
+
+This is an adapter: it owns the clock, the randomness for ids, and the SQLite store
+(through the group committer's thread); all memory logic lives in `crdt.memory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from crdt.config import MemoryConfig
+from crdt.events import EventKind, EventLog, EventsMissed, MemoryEvent
+from crdt.hlc import HybridLogicalClock
+from crdt.item import MemoryItem
+from crdt.memory import Change, NewItem, TieredMemory
+from crdt.search import SearchHit
+from mesh.committer import GroupCommitter
+from mesh.identity import NodeIdentity
+from mesh.store import SqliteStore
+
+COMPACT_AFTER_ROWS = 2_000
+_USED_CLIENT_IDS = "yjs_client_ids_used"
+
+
+def wall_ms() -> int:
+    """Return the physical time in milliseconds (the only clock read of the node)."""
+    return time.time_ns() // 1_000_000
+
+
+def new_item_id() -> str:
+    """Return a fresh random item id."""
+    return uuid.uuid4().hex
+
+
+class Mesh:
+    """One node's tiered memory, durable in `data_dir`; use as `async with Mesh.open(d)`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        config: MemoryConfig | None = None,
+    ) -> None:
+        """Prepare a node on `data_dir`; nothing is read until `start()` (or `async with`)."""
+        self.data_dir = Path(data_dir)
+        self.config = config or MemoryConfig.default()
+        self._memory: TieredMemory | None = None
+        self._committer: GroupCommitter | None = None
+        self._identity: NodeIdentity | None = None
+        self._changed = asyncio.Event()
+        self._backpressure_subs = 0
+
+    @classmethod
+    def open(cls, data_dir: Path | str, *, config: MemoryConfig | None = None) -> Mesh:
+        """Return a node for `data_dir`, to be entered with `async with`."""
+        return cls(Path(data_dir), config=config)
+
+    async def __aenter__(self) -> Self:
+        """Open the store, load every tier and return the started node."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Flush pending commits and close the store."""
+        await self.close()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open (or create) the data directory and load the persisted state."""
+        loop = asyncio.get_running_loop()
+        store = await loop.run_in_executor(None, SqliteStore.open, self.data_dir)
+        try:
+            self._identity = await loop.run_in_executor(
+                None, NodeIdentity.load_or_create, self.data_dir
+            )
+            self._committer = GroupCommitter(store)
+            self._memory = await self._committer.run(self._load)
+        except BaseException:
+            if self._committer is not None:
+                await self._committer.close()
+            store.close()
+            raise
+        collected = self._memory.collect_tombstones(wall_ms())
+        await self._commit(collected)
+
+    def _load(self, store: SqliteStore) -> TieredMemory:
+        """Build the memory core from the store (runs on the store thread)."""
+        assert self._identity is not None
+        used = set(json.loads(store.get_meta(_USED_CLIENT_IDS) or "[]"))
+        client_ids: dict[str, int] = {}
+        for tier in self.config.tiers:
+            client_id = secrets.randbits(32)
+            while client_id in used or client_id in client_ids.values():
+                client_id = secrets.randbits(32)
+            client_ids[tier] = client_id
+        used.update(client_ids.values())
+        ceiling = int(store.get_meta("hlc_ceiling_ms") or "0")
+        clock = HybridLogicalClock(
+            max_drift_ms=self.config.max_clock_drift_ms, restored_ceiling_ms=ceiling
+        )
+        events = EventLog(
+            capacity=self.config.event_capacity,
+            retention_ms=self.config.event_retention_ms,
+            next_seq=int(store.get_meta("event_seq") or "0") + 1,
+        )
+        persisted = store.events_since(
+            max(0, int(store.get_meta("event_seq") or "0") - self.config.event_capacity)
+        )
+        events.restore(MemoryEvent.from_json(json.loads(body)) for _seq, body in persisted)
+        memory = TieredMemory(
+            node_id=self._identity.node_id,
+            client_ids=client_ids,
+            config=self.config,
+            clock=clock,
+            events=events,
+        )
+        for tier in self.config.tiers:
+            state = store.load_tier(tier)
+            blobs = [state.snapshot] if state.snapshot is not None else []
+            memory.load(tier, [*blobs, *state.updates])
+        # Persist the new client ids and the clock ceiling before any write can use them.
+        store.commit(
+            meta={
+                _USED_CLIENT_IDS: json.dumps(sorted(used)),
+                "hlc_ceiling_ms": str(max(ceiling, clock.ceiling)),
+                "node_id": self._identity.node_id,
+            }
+        )
+        return memory
+
+    async def close(self) -> None:
+        """Flush, compact tiers with many update rows, and close the store."""
+        committer = self._committer
+        if committer is None:
+            return
+        self._committer = None
+        try:
+            await self._compact_if_needed(committer, threshold=COMPACT_AFTER_ROWS)
+        finally:
+            await committer.close()
+            committer.store.close()
+            self._changed.set()
+
+    @property
+    def memory(self) -> TieredMemory:
+        """Return the memory core (raises RuntimeError before start)."""
+        if self._memory is None:
+            raise RuntimeError("Mesh is not open: use `async with Mesh.open(data_dir)`")
+        return self._memory
+
+    @property
+    def node_id(self) -> str:
+        """Return this node's id (derived from its Ed25519 key)."""
+        if self._identity is None:
+            raise RuntimeError("Mesh is not open")
+        return self._identity.node_id
+
+    def _running(self) -> GroupCommitter:
+        if self._committer is None:
+            raise RuntimeError("Mesh is closed")
+        return self._committer
+
+    async def _commit(self, change: Change) -> None:
+        await self._running().commit(change)
+        if change.events:
+            self._changed.set()
+
+    # ----------------------------------------------------------------- writes
+
+    async def put(
+        self,
+        tier: str,
+        content: str,
+        *,
+        id: str | None = None,
+        embedding: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        citations: Sequence[str] = (),
+        confidence: float = 1.0,
+    ) -> MemoryItem:
+        """Store an item durably and return it; raises InvalidItemError and writes nothing."""
+        request = NewItem(
+            tier=tier,
+            content=content,
+            id=id or new_item_id(),
+            embedding=embedding,
+            metadata=metadata,
+            tags=tags,
+            citations=citations,
+            confidence=confidence,
+        )
+        (item,) = await self.put_many([request])
+        return item
+
+    async def put_many(self, requests: Sequence[NewItem]) -> list[MemoryItem]:
+        """Store many items in one transaction (all validated first); return them."""
+        await self._respect_backpressure()
+        change = self.memory.put_many(requests, wall_ms())
+        await self._commit(change)
+        return list(change.items)
+
+    async def delete(self, item_id: str) -> None:
+        """Delete a live item durably; raises ItemNotFoundError if there is none."""
+        await self._commit(self.memory.delete(item_id, wall_ms()))
+
+    async def move(self, item_id: str, tier: str) -> MemoryItem:
+        """Move a live item to another tier durably and return it there."""
+        change = self.memory.move(item_id, tier, wall_ms())
+        await self._commit(change)
+        return change.items[0] if change.items else self.memory.get(item_id)
+
+    async def apply_update(self, tier: str, update: bytes) -> int:
+        """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""
+        change = self.memory.apply_remote(tier, update, wall_ms())
+        await self._commit(change)
+        return len({e.item_id for e in change.events})
+
+    # ----------------------------------------------------------------- reads
+
+    async def get(self, item_id: str) -> MemoryItem:
+        """Return the resolved item; raises ItemNotFoundError if absent or deleted."""
+        return self.memory.get(item_id)
+
+    async def search(
+        self, query: Any, k: int = 10, tiers: Collection[str] | None = None
+    ) -> list[SearchHit]:
+        """Return the k nearest live items by cosine similarity, best first."""
+        return self.memory.search(query, k=k, tiers=tiers)
+
+    def conflicts(self, item_id: str) -> tuple[MemoryItem, ...]:
+        """Return the concurrent versions of an item in conflict (empty when none)."""
+        return self.memory.conflicts(item_id)
+
+    def events(
+        self,
+        pattern: str | None = None,
+        *,
+        since_seq: int | None = None,
+        kinds: Collection[EventKind] | None = None,
+        limit: int | None = None,
+    ) -> list[MemoryEvent]:
+        """Return retained events matching the criteria, oldest first."""
+        return self.memory.events.query(
+            pattern=pattern, since_seq=since_seq, kinds=kinds, limit=limit
+        )
+
+    async def subscribe(
+        self, pattern: str = "*", *, from_seq: int | None = None, backpressure: bool = False
+    ) -> AsyncIterator[MemoryEvent]:
+        """Yield events whose `TIER/ITEM_ID` matches `pattern`, as they happen.
+
+        A subscriber that falls behind the event ring gets `EventsMissed` (never silent
+        loss); with `backpressure=True`, writers wait for it instead.
+        """
+        sub = self.memory.events.subscribe(pattern, from_seq=from_seq)
+        self._backpressure_subs += int(backpressure)
+        try:
+            while self._committer is not None:
+                try:
+                    batch = sub.poll()
+                except EventsMissed:
+                    raise
+                if batch:
+                    for event in batch:
+                        yield event
+                    continue
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._backpressure_subs -= int(backpressure)
+            sub.close()
+
+    async def _respect_backpressure(self) -> None:
+        if not self._backpressure_subs:
+            return
+        limit = self.memory.events.capacity * 3 // 4
+        while self.memory.events.max_lag() > limit and self._committer is not None:
+            await asyncio.sleep(0.001)
+
+    def status(self) -> dict[str, Any]:
+        """Return a JSON-friendly summary: node, tiers with counts and digests, counters."""
+        memory = self.memory
+        committer = self._running()
+        return {
+            "node_id": self.node_id,
+            "data_dir": str(self.data_dir),
+            "tiers": {
+                tier: {
+                    "items": memory.count(tier),
+                    "digest": memory.digest(tier).root().hex(),
+                }
+                for tier in memory.tiers
+            },
+            "conflicts": len(memory.conflicted_ids()),
+            "commit_backlog": committer.backlog,
+            "events_last_seq": memory.events.last_seq,
+        }
+
+    # ----------------------------------------------------------------- maintenance
+
+    async def export_tier(self, tier: str) -> bytes:
+        """Return the whole tier document as a standard Yjs v1 update."""
+        await self._running().flush()
+        return self.memory.tier_doc(tier).encode_diff()
+
+    async def compact(self) -> dict[str, int]:
+        """Replace every tier's update log by one snapshot; return rows removed per tier."""
+        return await self._compact_if_needed(self._running(), threshold=0)
+
+    async def _compact_if_needed(
+        self, committer: GroupCommitter, *, threshold: int
+    ) -> dict[str, int]:
+        if self._memory is None:
+            return {}
+        memory = self._memory
+        await committer.flush()
+        stats = await committer.run(lambda s: s.tier_stats())
+        removed: dict[str, int] = {}
+        for tier in memory.tiers:
+            tier_stats = stats.get(tier)
+            if tier_stats is None or tier_stats.rows <= threshold:
+                continue
+            # Bound first, snapshot second: every row up to the bound was applied to memory
+            # before it was committed, so the snapshot holds it; later rows stay as rows.
+            upto = await committer.run(functools.partial(SqliteStore.last_update_id, tier=tier))
+            snapshot = memory.tier_doc(tier).encode_diff()
+            removed[tier] = await committer.run(
+                functools.partial(SqliteStore.compact, tier=tier, snapshot=snapshot, upto_id=upto)
+            )
+        return removed
+
+    async def integrity_check(self) -> str:
+        """Return SQLite's integrity check of the store ("ok" when sound)."""
+        return await self._running().run(lambda s: s.integrity_check())

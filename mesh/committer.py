@@ -1,0 +1,128 @@
+"""Group commit: one worker thread owns the SQLite store; writers await their commit.
+
+Every `Change` the memory core produces is queued here; the worker drains everything
+queued so far into ONE transaction, so concurrent writers share an fsync. A change whose
+commit fails stays queued and is retried before the next one, so a transient error (a full
+disk) never reorders or drops updates: the writer that saw the error was not acknowledged,
+and its update is persisted as soon as the disk allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from crdt.memory import Change
+from mesh.store import SqliteStore
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Pending:
+    change: Change
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class GroupCommitter:
+    """Serialises every store call on one thread and batches concurrent commits."""
+
+    def __init__(self, store: SqliteStore, *, max_batch: int = 10_000) -> None:
+        """Wrap an open store; call `close()` (or use `async with`) to stop the thread."""
+        self._store = store
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="memmesh-store"
+        )
+        self._queue: list[_Pending] = []
+        self._backlog: list[_Pending] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._max_batch = max_batch
+        self.commits = 0
+        self.changes_committed = 0
+
+    @property
+    def store(self) -> SqliteStore:
+        """Return the wrapped store (call it only through `run`)."""
+        return self._store
+
+    @property
+    def backlog(self) -> int:
+        """Return how many changes wait for a commit (including failed ones to retry)."""
+        return len(self._queue) + len(self._backlog)
+
+    async def run(self, fn: Callable[[SqliteStore], _T]) -> _T:
+        """Run `fn(store)` on the store thread, after every commit queued before it."""
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._store)
+
+    async def commit(self, change: Change) -> None:
+        """Persist `change` durably; return once committed, raise StoreError if it failed."""
+        if change.empty and not change.events:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._queue.append(_Pending(change, [waiter]))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_loop())
+        await waiter
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been attempted."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch = self._backlog + self._queue[: self._max_batch]
+            self._queue = self._queue[self._max_batch :]
+            self._backlog = []
+            try:
+                await loop.run_in_executor(self._executor, _write_batch, self._store, batch)
+            except Exception as exc:
+                # Keep the updates for the next attempt; tell only this batch's writers.
+                self._backlog = [_Pending(p.change) for p in batch]
+                for pending in batch:
+                    for waiter in pending.waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                continue
+            self.commits += 1
+            self.changes_committed += len(batch)
+            for pending in batch:
+                for waiter in pending.waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def close(self) -> None:
+        """Flush, retry any backlog once, then stop the worker thread."""
+        await self.flush()
+        if self._backlog:
+            batch, self._backlog = self._backlog, []
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, _write_batch, self._store, batch)
+        self._executor.shutdown(wait=True)
+
+
+def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:
+    updates: list[tuple[str, bytes]] = []
+    events: list[tuple[int, str]] = []
+    meta: dict[str, str] = {}
+    for pending in batch:
+        change = pending.change
+        updates.extend(change.updates)
+        events.extend(
+            (event.seq, json.dumps(event.to_json(), separators=(",", ":")))
+            for event in change.events
+        )
+        if change.ceiling_ms is not None:
+            ceiling = max(change.ceiling_ms, int(meta.get("hlc_ceiling_ms", "0")))
+            meta["hlc_ceiling_ms"] = str(ceiling)
+    if events:
+        meta["event_seq"] = str(max(seq for seq, _ in events))
+    store.commit(updates=updates, events=events, meta=meta)
