@@ -17,9 +17,12 @@ from typing import Any
 from pycrdt import Doc, Map, merge_updates
 
 from crdt.item import ITEM_ID_PATTERN
+from crdt.ywire import WireFormatError, decode_state_vector, single_client_start
 
 KEY_SEP = "/"
 ROOT_NAME = "items"
+MAX_HELD_UPDATES = 10_000
+MAX_HELD_BYTES = 64 << 20
 
 
 class CorruptUpdateError(ValueError):
@@ -50,6 +53,8 @@ class TierDoc:
         self._versions: dict[str, dict[str, str]] = {}
         self._changed_keys: set[str] = set()
         self._captured: list[bytes] = []
+        self._held: list[tuple[int, int, bytes]] = []
+        self.gaps_dropped = 0
         self._map.observe(self._on_map_event)
         self._doc.observe(self._on_transaction)
 
@@ -119,7 +124,66 @@ class TierDoc:
         return self.write((item_id, "", None) for item_id in item_ids)
 
     def apply_update(self, update: bytes) -> set[str]:
-        """Merge a remote Yjs update; return the ids whose versions changed."""
+        """Merge a remote Yjs update; return the ids whose versions changed.
+
+        An incremental update that starts past what this replica has seen of its client
+        is held back until the gap closes: yrs can leave such an update pending and never
+        integrate it even after the missing one arrives (measured with pycrdt 0.14), while
+        in-order application is its well-trodden path. Raises CorruptUpdateError on bytes
+        that are not a Yjs update; the document is then unchanged.
+        """
+        try:
+            head = single_client_start(update)
+        except WireFormatError as exc:
+            raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
+        if head is not None and head[1] > self._clock_of(head[0]):
+            self._hold(head[0], head[1], update)
+            return set()
+        changed = self._integrate(update)
+        if self._held:
+            changed |= self._release_held()
+        return changed
+
+    @property
+    def held_updates(self) -> int:
+        """Return how many received updates wait for a missing predecessor."""
+        return len(self._held)
+
+    @property
+    def needs_sync(self) -> bool:
+        """Return True if updates are missing: a state-vector sync with a peer repairs it."""
+        return bool(self._held) or self.gaps_dropped > 0
+
+    def _clock_of(self, client: int) -> int:
+        return decode_state_vector(self.state_vector()).get(client, 0)
+
+    def _hold(self, client: int, start: int, update: bytes) -> None:
+        """Keep an early update; past the bounds drop the oldest (a later sync refetches)."""
+        self._held.append((client, start, update))
+        while len(self._held) > MAX_HELD_UPDATES or (
+            len(self._held) > 1 and sum(len(h[2]) for h in self._held) > MAX_HELD_BYTES
+        ):
+            del self._held[0]
+            self.gaps_dropped += 1
+
+    def _release_held(self) -> set[str]:
+        changed: set[str] = set()
+        progress = True
+        while progress and self._held:
+            progress = False
+            vector = decode_state_vector(self.state_vector())
+            still_held = []
+            for client, start, update in sorted(self._held, key=lambda h: (h[0], h[1])):
+                if start <= vector.get(client, 0):
+                    changed |= self._integrate(update)
+                    vector = decode_state_vector(self.state_vector())
+                    progress = True
+                else:
+                    still_held.append((client, start, update))
+            self._held = still_held
+        return changed
+
+    def _integrate(self, update: bytes) -> set[str]:
         self._changed_keys.clear()
         try:
             self._doc.apply_update(update)

@@ -304,6 +304,7 @@ class Mesh:
                 tier: {
                     "items": memory.count(tier),
                     "digest": memory.digest(tier).root().hex(),
+                    "held_updates": memory.tier_doc(tier).held_updates,
                 }
                 for tier in memory.tiers
             },

@@ -1,0 +1,51 @@
+"""Just enough of the Yjs v1 binary format to order updates: varints, state vectors and the
+first struct header of an update. Everything else stays opaque and goes to pycrdt."""
+
+from __future__ import annotations
+
+
+class WireFormatError(ValueError):
+    """The bytes are not the Yjs encoding they claim to be."""
+
+
+def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """Return (value, next position) of the lib0 variable-length unsigned int at `pos`."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise WireFormatError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise WireFormatError("varint longer than 64 bits")
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """Return {client_id: clock} from an encoded Yjs state vector."""
+    count, pos = read_var_uint(data, 0)
+    vector: dict[int, int] = {}
+    for _ in range(count):
+        client, pos = read_var_uint(data, pos)
+        clock, pos = read_var_uint(data, pos)
+        vector[client] = clock
+    return vector
+
+
+def single_client_start(update: bytes) -> tuple[int, int] | None:
+    """Return (client, first clock) if `update` carries structs of exactly one client.
+
+    That is the shape of every incremental update a transaction produces. Updates with
+    several clients (sync diffs, merged updates) or none (deletes only) return None.
+    """
+    groups, pos = read_var_uint(update, 0)
+    if groups != 1:
+        return None
+    _structs, pos = read_var_uint(update, pos)
+    client, pos = read_var_uint(update, pos)
+    clock, _pos = read_var_uint(update, pos)
+    return client, clock
