@@ -58,6 +58,9 @@ class MemoryConfig:
     def with_resolvers(cls, **resolvers: Resolver | str) -> MemoryConfig:
         """Return the defaults with the named tiers' resolvers replaced (name or function)."""
         base = _default_policies()
+        unknown = sorted(set(resolvers) - set(REPLICATED_TIERS))
+        if unknown:
+            raise ValueError(f"unknown tier(s) {', '.join(unknown)}; tiers are L1, L2, L3")
         policies = {}
         for tier in REPLICATED_TIERS:
             chosen = resolvers.get(tier)

@@ -23,15 +23,17 @@ class Timestamp:
         return f"{self.wall_ms:0{_WALL_DIGITS}d}.{self.logical:0{_LOGICAL_DIGITS}d}"
 
     @classmethod
-    def decode(cls, text: str) -> Timestamp:
+    def decode(cls, text: object) -> Timestamp:
         """Parse the output of `encode`; raise ValueError on anything else."""
+        if not isinstance(text, str):
+            raise ValueError(f"not an HLC timestamp: {text!r}")
         wall, sep, logical = text.partition(".")
         if (
             not sep
             or len(wall) != _WALL_DIGITS
             or len(logical) != _LOGICAL_DIGITS
-            or not wall.isdigit()
-            or not logical.isdigit()
+            or not (wall.isascii() and wall.isdigit())
+            or not (logical.isascii() and logical.isdigit())
         ):
             raise ValueError(f"not an HLC timestamp: {text!r}")
         return cls(int(wall), int(logical))
@@ -50,14 +52,17 @@ class HybridLogicalClock:
     The caller passes physical time in; the clock never reads it. Timestamps are only
     issued below `ceiling`; when the clock must cross it, `ceiling` moves ahead by
     `ceiling_window_ms` and `pending_ceiling()` returns the value the caller must persist
-    before any timestamp it issued leaves the process.
+    before any timestamp it issued leaves the process. A restart resumes at the persisted
+    ceiling, so the window is also how far a restart may push the clock ahead: the default
+    of 1 ms persists the ceiling with nearly every commit (it rides in the same
+    transaction) and keeps short-lived processes from running the clock ahead.
     """
 
     def __init__(
         self,
         *,
         max_drift_ms: int = 60_000,
-        ceiling_window_ms: int = 1_000,
+        ceiling_window_ms: int = 1,
         restored_ceiling_ms: int = 0,
     ) -> None:
         """Start a clock that will issue timestamps strictly above `restored_ceiling_ms`."""

@@ -128,8 +128,29 @@ def canonical_json(value: object) -> str:
         return json.dumps(
             value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidItemError(f"not JSON-serialisable: {exc}") from None
+
+
+def _only_string_keys(value: object) -> bool:
+    """Return whether every object nested in (acyclic) JSON `value` has only string keys."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if not all(isinstance(key, str) for key in node):
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return True
+
+
+def _utf8_size(name: str, text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidItemError(f"{name} is not valid Unicode (lone surrogate)") from None
 
 
 def _check_strings(name: str, values: object, limits: Limits) -> tuple[str, ...]:
@@ -168,18 +189,23 @@ def build_item(
     if not isinstance(content, str):
         raise InvalidItemError(f"content must be a string, got {type(content).__name__}")
     if len(content) > limits.max_content_bytes or (
-        len(content.encode("utf-8")) > limits.max_content_bytes
+        _utf8_size("content", content) > limits.max_content_bytes
     ):
         raise InvalidItemError(f"content over the limit of {limits.max_content_bytes} bytes")
     meta = {} if metadata is None else metadata
     if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
         raise InvalidItemError("metadata must be a JSON object with string keys")
-    meta_json = canonical_json(meta)
-    if len(meta_json.encode("utf-8")) > limits.max_metadata_bytes:
+    meta_json = canonical_json(meta)  # rejects cycles before the key walk
+    if not _only_string_keys(meta):
+        raise InvalidItemError("metadata must be a JSON object with string keys")
+    if _utf8_size("metadata", meta_json) > limits.max_metadata_bytes:
         raise InvalidItemError(f"metadata over the limit of {limits.max_metadata_bytes} bytes")
     if isinstance(confidence, bool) or not isinstance(confidence, int | float):
         raise InvalidItemError("confidence must be a number in [0, 1]")
-    conf = float(confidence)
+    try:
+        conf = float(confidence)
+    except OverflowError:
+        raise InvalidItemError(f"confidence {confidence!r} outside [0, 1]") from None
     if not (math.isfinite(conf) and 0.0 <= conf <= 1.0):
         raise InvalidItemError(f"confidence {confidence!r} outside [0, 1]")
     vec = None if embedding is None else as_vector(embedding, max_dim=limits.max_dim)
@@ -260,6 +286,19 @@ def to_record(item: MemoryItem) -> str:
     return canonical_json(record)
 
 
+def _typed(value: object, kind: type[Any] | tuple[type[Any], ...], name: str) -> Any:
+    """Return `value` if it has JSON type `kind` (bools are not numbers), else raise TypeError."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"{name} has the wrong type {type(value).__name__}")
+    return value
+
+
+def _string_list(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} is not a list of strings")
+    return tuple(value)
+
+
 def from_record(item_id: str, tier: str, record: str) -> MemoryItem:
     """Decode a stored version; raise CorruptRecordError on anything malformed."""
     try:
@@ -270,30 +309,32 @@ def from_record(item_id: str, tier: str, record: str) -> MemoryItem:
         codec = EmbeddingCodec(raw.get("codec", "f32"))
         if "embedding" in raw:
             data = base64.b64decode(raw["embedding"], validate=True)
-            embedding = decode_embedding(data, codec, int(raw["dim"]))
+            embedding = decode_embedding(data, codec, _typed(raw["dim"], int, "dim"))
             if not np.isfinite(embedding).all():
                 raise ValueError("embedding is not finite")
             embedding.flags.writeable = False
         moved_to = raw.get("moved_to")
-        metadata = raw["metadata"]
-        if not isinstance(metadata, dict) or not isinstance(raw["content"], str):
-            raise TypeError("bad field types")
+        metadata = _typed(raw["metadata"], dict, "metadata")
+        canonical_json(metadata)  # no NaN or infinity: the item must re-encode
+        confidence = _typed(raw["confidence"], (int, float), "confidence")
+        if not 0.0 <= confidence <= 1.0:  # also false for NaN
+            raise ValueError(f"confidence {confidence!r} outside [0, 1]")
         return MemoryItem(
             id=item_id,
             tier=tier,
-            content=raw["content"],
-            content_hash=str(raw["content_hash"]),
+            content=_typed(raw["content"], str, "content"),
+            content_hash=_typed(raw["content_hash"], str, "content_hash"),
             embedding=embedding,
             metadata=metadata,
-            tags=tuple(str(t) for t in raw["tags"]),
-            citations=tuple(str(c) for c in raw["citations"]),
-            confidence=float(raw["confidence"]),
+            tags=_string_list(raw["tags"], "tags"),
+            citations=_string_list(raw["citations"], "citations"),
+            confidence=float(confidence),
             created=Timestamp.decode(raw["created"]),
             updated=Timestamp.decode(raw["updated"]),
-            author=str(raw["author"]),
-            deleted=bool(raw.get("deleted", False)),
-            moved_to=None if moved_to is None else str(moved_to),
+            author=_typed(raw["author"], str, "author"),
+            deleted=_typed(raw.get("deleted", False), bool, "deleted"),
+            moved_to=None if moved_to is None else _typed(moved_to, str, "moved_to"),
             codec=codec,
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         raise CorruptRecordError(f"corrupt record for {tier}/{item_id}: {exc}") from None

@@ -138,9 +138,13 @@ class TieredMemory:
         return self.put_many([request], now_ms)
 
     def put_many(self, requests: Sequence[NewItem], now_ms: int) -> Change:
-        """Validate every request first, then write all of them; all or nothing."""
+        """Validate every request first, then write all of them; all or nothing.
+
+        When one batch names an id more than once, the last request for it wins.
+        """
+        last_index = {request.id: index for index, request in enumerate(requests)}
         built: list[MemoryItem] = []
-        for request in requests:
+        for index, request in enumerate(requests):
             tier = check_tier(request.tier, self._tiers)
             item_id = check_item_id(request.id)
             ts = self.clock.tick(now_ms)
@@ -162,6 +166,8 @@ class TieredMemory:
                     limits=self.config.limits,
                 )
             )
+            if last_index[request.id] != index:
+                built.pop()  # validated, but superseded later in the same batch
         writes: dict[str, list[tuple[str, str, str | None]]] = {t: [] for t in self._tiers}
         for item in built:
             writes[item.tier].append((item.id, self.node_id, encode_record(item)))

@@ -12,13 +12,13 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from crdt.config import MemoryConfig
-from crdt.events import EventKind, EventLog, EventsMissed, MemoryEvent
+from crdt.events import EventKind, EventLog, MemoryEvent, Subscription
 from crdt.hlc import HybridLogicalClock
 from crdt.item import MemoryItem
 from crdt.memory import Change, NewItem, TieredMemory
@@ -57,7 +57,8 @@ class Mesh:
         self._committer: GroupCommitter | None = None
         self._identity: NodeIdentity | None = None
         self._changed = asyncio.Event()
-        self._backpressure_subs = 0
+        self._drained = asyncio.Event()
+        self._blocking_streams: set[Subscription] = set()
 
     @classmethod
     def open(cls, data_dir: Path | str, *, config: MemoryConfig | None = None) -> Mesh:
@@ -155,6 +156,7 @@ class Mesh:
             await committer.close()
             committer.store.close()
             self._changed.set()
+            self._drained.set()
 
     @property
     def memory(self) -> TieredMemory:
@@ -198,7 +200,7 @@ class Mesh:
         request = NewItem(
             tier=tier,
             content=content,
-            id=id or new_item_id(),
+            id=new_item_id() if id is None else id,
             embedding=embedding,
             metadata=metadata,
             tags=tags,
@@ -260,38 +262,22 @@ class Mesh:
             pattern=pattern, since_seq=since_seq, kinds=kinds, limit=limit
         )
 
-    async def subscribe(
+    def subscribe(
         self, pattern: str = "*", *, from_seq: int | None = None, backpressure: bool = False
-    ) -> AsyncIterator[MemoryEvent]:
-        """Yield events whose `TIER/ITEM_ID` matches `pattern`, as they happen.
+    ) -> EventStream:
+        """Return an async iterator of events whose `TIER/ITEM_ID` matches `pattern`.
 
-        A subscriber that falls behind the event ring gets `EventsMissed` (never silent
+        The subscription starts now (or at `from_seq`), not at the first iteration. A
+        subscriber that falls behind the event ring gets `EventsMissed` (never silent
         loss); with `backpressure=True`, writers wait for it instead.
         """
-        sub = self.memory.events.subscribe(pattern, from_seq=from_seq)
-        self._backpressure_subs += int(backpressure)
-        try:
-            while self._committer is not None:
-                try:
-                    batch = sub.poll()
-                except EventsMissed:
-                    raise
-                if batch:
-                    for event in batch:
-                        yield event
-                    continue
-                self._changed.clear()
-                await self._changed.wait()
-        finally:
-            self._backpressure_subs -= int(backpressure)
-            sub.close()
+        return EventStream(self, pattern, from_seq=from_seq, backpressure=backpressure)
 
     async def _respect_backpressure(self) -> None:
-        if not self._backpressure_subs:
-            return
         limit = self.memory.events.capacity * 3 // 4
-        while self.memory.events.max_lag() > limit and self._committer is not None:
-            await asyncio.sleep(0.001)
+        while any(s.lag > limit for s in self._blocking_streams) and self._committer is not None:
+            self._drained.clear()
+            await self._drained.wait()
 
     def status(self) -> dict[str, Any]:
         """Return a JSON-friendly summary: node, tiers with counts and digests, counters."""
@@ -349,3 +335,41 @@ class Mesh:
     async def integrity_check(self) -> str:
         """Return SQLite's integrity check of the store ("ok" when sound)."""
         return await self._running().run(lambda s: s.integrity_check())
+
+
+class EventStream:
+    """Async iterator over one subscription; use `async for` and `aclose()` when done."""
+
+    def __init__(
+        self, mesh: Mesh, pattern: str, *, from_seq: int | None, backpressure: bool
+    ) -> None:
+        """Subscribe at once, so no event after this call is missed."""
+        self._mesh = mesh
+        self._sub = mesh.memory.events.subscribe(pattern, from_seq=from_seq)
+        self._buffer: list[MemoryEvent] = []
+        self._backpressure = backpressure
+        if backpressure:
+            mesh._blocking_streams.add(self._sub)
+
+    def __aiter__(self) -> EventStream:
+        """Return self."""
+        return self
+
+    async def __anext__(self) -> MemoryEvent:
+        """Return the next matching event; raise EventsMissed if the ring overran us."""
+        mesh = self._mesh
+        while not self._buffer:
+            if mesh._committer is None or self._sub.closed:
+                raise StopAsyncIteration
+            self._buffer = self._sub.poll()
+            mesh._drained.set()
+            if not self._buffer:
+                mesh._changed.clear()
+                await mesh._changed.wait()
+        return self._buffer.pop(0)
+
+    async def aclose(self) -> None:
+        """Stop the subscription (writers no longer wait for it)."""
+        self._mesh._blocking_streams.discard(self._sub)
+        self._mesh._drained.set()
+        self._sub.close()

@@ -1,0 +1,406 @@
+"""Wire codec: each `mesh.messages` payload as a msgpack array `[msg_type, field, ...]`.
+
+Decoding caps lengths before allocation, checks every field's type and range, verifies
+MEMORY_SYNC checksums and raises only `FrameError`. Layouts: docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import msgpack  # type: ignore[import-untyped]
+
+from mesh import messages as m
+from mesh.frames import (
+    DEFAULT_LIMITS,
+    Flags,
+    Frame,
+    FrameError,
+    Limits,
+    MsgType,
+    Priority,
+    decode_frame,
+    encode_frame,
+)
+from mesh.messages import Chunk, MemberUpdate, Message, SyncKind
+
+KNOWN_TIERS: Final = ("L1", "L2", "L3")
+BROADCAST: Final = "*"
+ID_BYTES: Final = 16  # batch_id, transfer_id
+CHECKSUM_BYTES: Final = 32  # SHA-256 of a MEMORY_SYNC body
+ROOT_BYTES: Final = 32  # a Merkle root (crdt.merkle.HASH_SIZE)
+MAX_NODE_ID: Final = 64
+MAX_ADDRESS: Final = 256
+MAX_LABEL: Final = 64  # Hello.profile, Hello.software, ErrorReport.detail keys
+MAX_TEXT: Final = 1024  # error messages and detail values
+MAX_ITEM_ID: Final = 128
+MAX_GOSSIP: Final = 64
+MAX_DETAIL: Final = 32
+MAX_DIM: Final = 4096  # float32 components of a query vector (crdt.codecs.MAX_DIM)
+MAX_K: Final = 1000
+U16: Final = 0xFFFF
+U32: Final = 0xFFFF_FFFF
+U64: Final = 0xFFFF_FFFF_FFFF_FFFF
+_SYNC_CHECKSUM_AT: Final = 6  # index of the checksum among MEMORY_SYNC fields (after the tag)
+_ENVELOPE_FLAGS: Final = Flags.ENCRYPTED | Flags.SIGNED
+
+
+class MessageError(FrameError):
+    """A frame's payload was malformed, out of range, mistyped, or failed its checksum."""
+
+
+_Sized = TypeVar("_Sized", str, bytes, list[Any])
+
+
+def _sized(value: Any, name: str, kind: type[_Sized], hi: int, lo: int = 0) -> _Sized:
+    """Return `value` if its type is exactly `kind` (str, bytes or list) and its length lo..hi."""
+    if type(value) is not kind:
+        raise MessageError(f"{name}: expected {kind.__name__}, got {type(value).__name__}")
+    if not lo <= len(value) <= hi:
+        raise MessageError(f"{name}: length {len(value)} outside [{lo}, {hi}]")
+    return value
+
+
+def _int(value: Any, name: str, hi: int, lo: int = 0) -> int:
+    """Return `value` if it is an int (not a bool) in [lo, hi]."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise MessageError(f"{name}: expected an integer in [{lo}, {hi}], got {value!r:.40}")
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    """Return `value` if it is a bool."""
+    if type(value) is not bool:
+        raise MessageError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    """Return `value` if it is a finite float."""
+    if type(value) is not float or not math.isfinite(value):
+        raise MessageError(f"{name}: expected a finite float, got {value!r:.40}")
+    return value
+
+
+def _pair(value: Any, name: str) -> list[Any]:
+    """Return `value` if it is a two-element array."""
+    return _sized(value, name, list, 2, 2)
+
+
+def _node(value: Any, name: str) -> str:
+    """Return a node id: 1..64 characters."""
+    return _sized(value, name, str, MAX_NODE_ID, 1)
+
+
+def _item(value: Any, name: str) -> str:
+    """Return an item id: 1..128 characters."""
+    return _sized(value, name, str, MAX_ITEM_ID, 1)
+
+
+def _id16(value: Any, name: str) -> bytes:
+    """Return a batch or transfer id: exactly 16 bytes."""
+    return _sized(value, name, bytes, ID_BYTES, ID_BYTES)
+
+
+def _tier(value: Any, name: str = "tier") -> str:
+    """Return a tier name from KNOWN_TIERS."""
+    if type(value) is not str or value not in KNOWN_TIERS:
+        raise MessageError(f"{name}: unknown tier {value!r:.40}")
+    return value
+
+
+def _unique(values: list[str], name: str) -> None:
+    """Refuse duplicate entries."""
+    if len(set(values)) != len(values):
+        raise MessageError(f"{name}: duplicate entries")
+
+
+def _gossip(value: Any) -> tuple[MemberUpdate, ...]:
+    """Parse at most MAX_GOSSIP `[node_id, state, incarnation, address]` member updates."""
+    out = []
+    for raw in _sized(value, "gossip", list, MAX_GOSSIP):
+        node, state, inc, address = _sized(raw, "gossip entry", list, 4, 4)
+        out.append(
+            MemberUpdate(
+                _node(node, "gossip.node_id"),
+                m.MemberState(_int(state, "gossip.state", max(m.MemberState))),
+                _int(inc, "gossip.incarnation", U64),
+                _sized(address, "gossip.address", str, MAX_ADDRESS),
+            )
+        )
+    return tuple(out)
+
+
+def _hello(f: list[Any], limits: Limits) -> m.Hello:
+    """Parse `[node_id, incarnation, tiers, profile, hub_eligible, software]`."""
+    tiers = [_tier(t, "tiers") for t in _sized(f[2], "tiers", list, len(KNOWN_TIERS))]
+    _unique(tiers, "tiers")
+    return m.Hello(
+        _node(f[0], "node_id"),
+        _int(f[1], "incarnation", U64),
+        tuple(tiers),
+        _sized(f[3], "profile", str, MAX_LABEL),
+        _bool(f[4], "hub_eligible"),
+        _sized(f[5], "software", str, MAX_LABEL),
+    )
+
+
+def _ping(f: list[Any], limits: Limits) -> m.Ping:
+    """Parse `[seq, gossip]`."""
+    return m.Ping(_int(f[0], "seq", U64), _gossip(f[1]))
+
+
+def _probe(f: list[Any]) -> tuple[int, str, tuple[MemberUpdate, ...]]:
+    """Parse `[seq, target, gossip]` (PING_REQ and PING_ACK)."""
+    return _int(f[0], "seq", U64), _node(f[1], "target"), _gossip(f[2])
+
+
+def _digest(f: list[Any], limits: Limits) -> m.Digest:
+    """Parse `[[[tier, root], ...], reply]`: each tier at most once, roots of 32 bytes."""
+    roots = [
+        (_tier(tier), _sized(root, "root", bytes, ROOT_BYTES, ROOT_BYTES))
+        for tier, root in (_pair(r, "roots") for r in _sized(f[0], "roots", list, 3))
+    ]
+    _unique([tier for tier, _ in roots], "roots")
+    return m.Digest(tuple(roots), _bool(f[1], "reply"))
+
+
+def _chunk(value: Any, piece_len: int) -> Chunk | None:
+    """Parse nil or `[transfer_id, index, total, total_bytes]`, consistent with the piece."""
+    if value is None:
+        return None
+    tid, index, total, total_bytes = _sized(value, "chunk", list, 4, 4)
+    chunk = Chunk(
+        _id16(tid, "chunk.transfer_id"),
+        _int(index, "chunk.index", U32),
+        _int(total, "chunk.total", U32, 1),
+        _int(total_bytes, "chunk.total_bytes", U64),
+    )
+    if chunk.index >= chunk.total:
+        raise MessageError(f"chunk.index {chunk.index} not below total {chunk.total}")
+    if piece_len > chunk.total_bytes or chunk.total > max(chunk.total_bytes, 1):
+        raise MessageError("chunk totals disagree with the piece")
+    return chunk
+
+
+def _sync(f: list[Any], limits: Limits) -> m.MemorySync:
+    """Parse `[batch_id, source, target, tier, kind, items, checksum, chunk, body]`."""
+    body = _sized(f[8], "body", bytes, limits.max_decompressed_bytes)
+    _sized(f[6], "checksum", bytes, CHECKSUM_BYTES, CHECKSUM_BYTES)
+    return m.MemorySync(
+        _id16(f[0], "batch_id"),
+        _node(f[1], "source"),
+        BROADCAST if f[2] == BROADCAST else _node(f[2], "target"),
+        _tier(f[3]),
+        SyncKind(_int(f[4], "kind", max(SyncKind))),
+        body,
+        _int(f[5], "items", U32),
+        _chunk(f[7], len(body)),
+    )
+
+
+def _sync_ack(f: list[Any], limits: Limits) -> m.SyncAck:
+    """Parse `[batch_id, node_id]`."""
+    return m.SyncAck(_id16(f[0], "batch_id"), _node(f[1], "node_id"))
+
+
+def _resume(f: list[Any], limits: Limits) -> m.Resume:
+    """Parse `[transfer_id, next_index]`."""
+    return m.Resume(_id16(f[0], "transfer_id"), _int(f[1], "next_index", U32))
+
+
+def _query(f: list[Any], limits: Limits) -> m.MemoryQuery:
+    """Parse `[query_id, tier, vector, k, ids]`; the vector is whole little-endian float32s."""
+    vector = _sized(f[2], "vector", bytes, 4 * MAX_DIM)
+    if len(vector) % 4:
+        raise MessageError(f"vector: {len(vector)} bytes is not a whole number of float32")
+    ids = tuple(_item(x, "ids") for x in _sized(f[4], "ids", list, limits.max_batch_count))
+    return m.MemoryQuery(
+        _int(f[0], "query_id", U64), _tier(f[1]), vector, _int(f[3], "k", MAX_K), ids
+    )
+
+
+def _response(f: list[Any], limits: Limits) -> m.MemoryResponse:
+    """Parse `[query_id, ok, [[id, json], ...], [[id, score], ...], error]`."""
+    cap, text_cap = limits.max_batch_count, limits.max_decompressed_bytes
+    records = tuple(
+        (_item(i, "record id"), _sized(r, "record", str, text_cap))
+        for i, r in (_pair(x, "records") for x in _sized(f[2], "records", list, cap))
+    )
+    hits = tuple(
+        (_item(i, "hit id"), _float(s, "score"))
+        for i, s in (_pair(x, "hits") for x in _sized(f[3], "hits", list, cap))
+    )
+    if len(records) + len(hits) > cap:
+        raise MessageError(f"records + hits over the cap of {cap}")
+    error = _sized(f[4], "error", str, MAX_TEXT)
+    return m.MemoryResponse(_int(f[0], "query_id", U64), _bool(f[1], "ok"), records, hits, error)
+
+
+def _error(f: list[Any], limits: Limits) -> m.ErrorReport:
+    """Parse `[code, message, [[key, value], ...]]` with unique keys."""
+    pairs = [_pair(x, "detail") for x in _sized(f[2], "detail", list, MAX_DETAIL)]
+    detail = {
+        _sized(k, "detail key", str, MAX_LABEL): _sized(v, "detail value", str, MAX_TEXT)
+        for k, v in pairs
+    }
+    if len(detail) != len(pairs):
+        raise MessageError("detail: duplicate keys")
+    message = _sized(f[1], "message", str, MAX_TEXT)
+    return m.ErrorReport(_int(f[0], "code", U16), message, detail)
+
+
+_Parser = Callable[[list[Any], Limits], Message]
+_PARSERS: Final[dict[MsgType, tuple[int, _Parser]]] = {
+    MsgType.HELLO: (6, _hello),
+    MsgType.PING: (2, _ping),
+    MsgType.PING_REQ: (3, lambda f, _: m.PingReq(*_probe(f))),
+    MsgType.PING_ACK: (3, lambda f, _: m.PingAck(*_probe(f))),
+    MsgType.DIGEST: (2, _digest),
+    MsgType.MEMORY_SYNC: (9, _sync),
+    MsgType.SYNC_ACK: (2, _sync_ack),
+    MsgType.RESUME: (2, _resume),
+    MsgType.MEMORY_QUERY: (5, _query),
+    MsgType.MEMORY_RESPONSE: (5, _response),
+    MsgType.ERROR: (3, _error),
+}
+
+
+def _wire_gossip(gossip: tuple[MemberUpdate, ...]) -> list[Any]:
+    """Return gossip as `[[node, state, incarnation, address], ...]`."""
+    return [[g.node_id, int(g.state), g.incarnation, g.address] for g in gossip]
+
+
+def _to_wire(msg: Message) -> tuple[MsgType, list[Any]]:
+    """Return the msg_type and the payload fields that follow the tag."""
+    match msg:
+        case m.Hello():
+            fields = [msg.node_id, msg.incarnation, list(msg.tiers), msg.profile]
+            return MsgType.HELLO, [*fields, msg.hub_eligible, msg.software]
+        case m.Ping():
+            return MsgType.PING, [msg.seq, _wire_gossip(msg.gossip)]
+        case m.PingReq() | m.PingAck():
+            kind = MsgType.PING_REQ if isinstance(msg, m.PingReq) else MsgType.PING_ACK
+            return kind, [msg.seq, msg.target, _wire_gossip(msg.gossip)]
+        case m.Digest():
+            return MsgType.DIGEST, [[[tier, root] for tier, root in msg.roots], msg.reply]
+        case m.MemorySync():
+            c = msg.chunk
+            chunk = None if c is None else [c.transfer_id, c.index, c.total, c.total_bytes]
+            checksum = hashlib.sha256(msg.body).digest()
+            head = [msg.batch_id, msg.source, msg.target, msg.tier, int(msg.kind), msg.items]
+            return MsgType.MEMORY_SYNC, [*head, checksum, chunk, msg.body]
+        case m.SyncAck():
+            return MsgType.SYNC_ACK, [msg.batch_id, msg.node_id]
+        case m.Resume():
+            return MsgType.RESUME, [msg.transfer_id, msg.next_index]
+        case m.MemoryQuery():
+            return MsgType.MEMORY_QUERY, [msg.query_id, msg.tier, msg.vector, msg.k, list(msg.ids)]
+        case m.MemoryResponse():
+            records = [[i, r] for i, r in msg.records]
+            hits = [[i, float(s) if type(s) is int else s] for i, s in msg.hits]  # ints are floats
+            return MsgType.MEMORY_RESPONSE, [msg.query_id, msg.ok, records, hits, msg.error]
+        case m.ErrorReport():
+            detail = [[k, v] for k, v in msg.detail.items()]
+            return MsgType.ERROR, [msg.code, msg.message, detail]
+    raise MessageError(f"not a message: {type(msg).__name__}")
+
+
+def batch_count_of(msg: Message) -> int:
+    """Return the header batch_count for `msg`: its entries, or 1 for MEMORY_SYNC."""
+    match msg:
+        case m.Ping() | m.PingReq() | m.PingAck():
+            return len(msg.gossip)
+        case m.Digest():
+            return len(msg.roots)
+        case m.MemorySync():
+            return 1
+        case m.MemoryQuery():
+            return len(msg.ids)
+        case m.MemoryResponse():
+            return len(msg.records) + len(msg.hits)
+    return 0
+
+
+def encode_message(
+    msg: Message,
+    *,
+    priority: Priority = Priority.NORMAL,
+    timestamp_ns: int = 0,
+    flags: Flags = Flags.NONE,
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """Return a whole frame for `msg`; raise MessageError where a decoder with `limits` would."""
+    kind, fields = _to_wire(msg)
+    batch_count = batch_count_of(msg)
+    if flags & _ENVELOPE_FLAGS:
+        raise MessageError("ENCRYPTED and SIGNED are reserved for the envelope layer")
+    _int(timestamp_ns, "timestamp_ns", U64)
+    _int(batch_count, "batch_count", limits.max_batch_count)
+    _PARSERS[kind][1](fields, limits)  # refuse locally what every peer would refuse
+    flags = flags & ~Flags.CHUNKED
+    if isinstance(msg, m.MemorySync) and msg.chunk is not None:
+        flags |= Flags.CHUNKED
+    try:
+        payload: bytes = msgpack.packb([int(kind), *fields], use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. lone surrogates in a str
+        raise MessageError(f"cannot pack {kind.name}: {exc}") from None
+    if len(payload) > limits.max_decompressed_bytes:
+        raise MessageError(f"{kind.name} payload of {len(payload)} bytes over the cap")
+    frame = Frame(kind, payload, Priority(priority), flags, batch_count, timestamp_ns)
+    data = encode_frame(frame)
+    if len(data) > limits.max_frame_bytes:
+        raise MessageError(f"{kind.name} frame of {len(data)} bytes over the cap: chunk the body")
+    return data
+
+
+def _unpack(payload: bytes, limits: Limits) -> list[Any]:
+    """Return the payload's top-level array, with every length capped before allocation."""
+    # An array of n elements needs at least n bytes, so len(payload) also bounds arrays.
+    max_array = min(len(payload), max(limits.max_batch_count, 16))
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.max_decompressed_bytes,
+            max_bin_len=limits.max_decompressed_bytes,
+            max_array_len=max_array,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types: ExtraData, FormatError, Unicode...
+        raise MessageError(f"malformed payload: {type(exc).__name__}") from None
+    return _sized(obj, "payload", list, max_array)
+
+
+def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Frame, Message]:
+    """Return the frame and its checked message; raise FrameError (only) on anything wrong."""
+    frame = decode_frame(data, limits)
+    if frame.flags & _ENVELOPE_FLAGS:
+        raise MessageError("ENCRYPTED/SIGNED frames must be opened by the envelope layer")
+    entry = _PARSERS.get(frame.msg_type)
+    if entry is None:
+        raise MessageError(f"no payload codec for {frame.msg_type.name} (reserved)")
+    arity, parser = entry
+    fields = _unpack(frame.payload, limits)
+    tag = fields[0] if fields else None
+    if type(tag) is not int or tag != frame.msg_type:
+        raise MessageError(f"payload tag {tag!r:.20} does not match header {frame.msg_type.name}")
+    fields = _sized(fields[1:], frame.msg_type.name, list, arity, arity)
+    msg = parser(fields, limits)
+    expected = batch_count_of(msg)
+    if frame.batch_count != expected:
+        raise MessageError(f"batch_count {frame.batch_count} but the payload has {expected}")
+    if isinstance(msg, m.MemorySync):
+        if hashlib.sha256(msg.body).digest() != fields[_SYNC_CHECKSUM_AT]:
+            raise MessageError("checksum mismatch")
+        if bool(frame.flags & Flags.CHUNKED) != (msg.chunk is not None):
+            raise MessageError("CHUNKED flag disagrees with the payload")
+    elif frame.flags & Flags.CHUNKED:
+        raise MessageError(f"CHUNKED flag on {frame.msg_type.name}")
+    return frame, msg

@@ -1,0 +1,169 @@
+"""MEMSHADOW v2 frames: the 32-byte header, priorities, message types, flags, and caps.
+
+Layout (big-endian, `>IHHHHHQQH`): magic u32 "MSHW", version u16 = 2, priority u16,
+msg_type u16, flags u16, batch_count u16, payload_len u64, timestamp_ns u64, reserved u16.
+Decoding never allocates more than the caps allow and raises only `FrameError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+MAGIC = 0x4D534857  # "MSHW"
+VERSION = 2
+HEADER = struct.Struct(">IHHHHHQQH")
+HEADER_SIZE = HEADER.size
+assert HEADER_SIZE == 32
+
+
+class FrameError(ValueError):
+    """A frame was malformed, over a cap, or failed its integrity check."""
+
+
+class Priority(IntEnum):
+    """Traffic priority; CRITICAL and EMERGENCY go peer to peer at once."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+    EMERGENCY = 4
+
+    @property
+    def urgent(self) -> bool:
+        """Return True for CRITICAL and EMERGENCY (flushed at once, sent directly)."""
+        return self >= Priority.CRITICAL
+
+
+class MsgType(IntEnum):
+    """Message types: memory 0x03xx (from MEMSHADOW), mesh control 0x01xx, hub 0x02xx."""
+
+    HELLO = 0x0101
+    PING = 0x0102
+    PING_REQ = 0x0103
+    PING_ACK = 0x0104
+    DIGEST = 0x0110
+    SYNC_ACK = 0x0111
+    RESUME = 0x0112
+    ERROR = 0x01FF
+
+    HUB_CLAIM = 0x0201
+    HUB_RELAY = 0x0202
+    STATS_REPORT = 0x0203
+    STATS_PUBLISH = 0x0204
+    LEASE_REQUEST = 0x0205
+    LEASE_GRANT = 0x0206
+
+    MEMORY_STORE = 0x0301
+    MEMORY_QUERY = 0x0302
+    MEMORY_RESPONSE = 0x0303
+    MEMORY_SYNC = 0x0304
+
+
+class Flags(IntFlag):
+    """Header flags."""
+
+    NONE = 0
+    ENCRYPTED = 0x0001
+    COMPRESSED = 0x0002
+    BATCHED = 0x0004
+    REQUIRES_ACK = 0x0008
+    SIGNED = 0x0010
+    CHUNKED = 0x0020
+    RELAYED = 0x0040
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps checked before any allocation."""
+
+    max_frame_bytes: int = 256 * 1024
+    max_decompressed_bytes: int = 16 * 1024 * 1024
+    max_batch_count: int = 10_000
+
+
+DEFAULT_LIMITS = Limits()
+COMPRESS_THRESHOLD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame: header fields plus the (decompressed) payload."""
+
+    msg_type: MsgType
+    payload: bytes
+    priority: Priority = Priority.NORMAL
+    flags: Flags = Flags.NONE
+    batch_count: int = 0
+    timestamp_ns: int = 0
+
+
+def encode_frame(frame: Frame, *, compress: bool | None = None) -> bytes:
+    """Return header + payload; payloads over 1 KiB are zlib-compressed when it helps."""
+    payload = frame.payload
+    flags = frame.flags & ~Flags.COMPRESSED
+    should = len(payload) >= COMPRESS_THRESHOLD if compress is None else compress
+    if should:
+        packed = zlib.compress(payload, 1)
+        if len(packed) < len(payload):
+            payload = packed
+            flags |= Flags.COMPRESSED
+    header = HEADER.pack(
+        MAGIC,
+        VERSION,
+        int(frame.priority),
+        int(frame.msg_type),
+        int(flags),
+        frame.batch_count,
+        len(payload),
+        frame.timestamp_ns,
+        0,
+    )
+    return header + payload
+
+
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Parse and check one frame; raise FrameError (only) on anything wrong."""
+    if len(data) < HEADER_SIZE:
+        raise FrameError(f"frame of {len(data)} bytes is shorter than the 32-byte header")
+    if len(data) > limits.max_frame_bytes:
+        raise FrameError(f"frame of {len(data)} bytes over the cap of {limits.max_frame_bytes}")
+    magic, version, priority, msg_type, flags, batch_count, length, ts, _reserved = (
+        HEADER.unpack_from(data)
+    )
+    if magic != MAGIC:
+        raise FrameError(f"bad magic 0x{magic:08x}")
+    if version != VERSION:
+        raise FrameError(f"unsupported protocol version {version}")
+    if length != len(data) - HEADER_SIZE:
+        raise FrameError(f"payload_len {length} but {len(data) - HEADER_SIZE} bytes follow")
+    if batch_count > limits.max_batch_count:
+        raise FrameError(f"batch_count {batch_count} over the cap of {limits.max_batch_count}")
+    try:
+        kind = MsgType(msg_type)
+        level = Priority(priority)
+    except ValueError:
+        raise FrameError(f"unknown msg_type 0x{msg_type:04x} or priority {priority}") from None
+    payload = bytes(data[HEADER_SIZE:])
+    if flags & Flags.COMPRESSED:
+        payload = _inflate(payload, limits.max_decompressed_bytes)
+    return Frame(kind, payload, level, Flags(flags), batch_count, ts)
+
+
+def _inflate(payload: bytes, cap: int) -> bytes:
+    """Return the inflated payload: at most `cap` bytes, one whole zlib stream, nothing after."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(payload, cap + 1)  # one byte over tells "over the cap"
+    except zlib.error as exc:
+        raise FrameError(f"corrupt compressed payload: {exc}") from None
+    if len(out) > cap:
+        raise FrameError(f"decompressed payload over the cap of {cap} bytes")
+    if not inflater.eof:
+        raise FrameError("truncated compressed payload")
+    if inflater.unused_data:
+        raise FrameError(f"{len(inflater.unused_data)} bytes after the compressed payload")
+    return out

@@ -1,0 +1,100 @@
+"""Inputs to the sans-IO Node: past-tense facts the driver observed. Frozen, no behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from crdt.memory import NewItem
+from mesh.frames import Priority
+
+
+class AckLevel(StrEnum):
+    """How durable a write must be before it is acknowledged."""
+
+    LOCAL = "local"  # committed here
+    PEER = "peer"  # committed here and by at least one other node
+    HUB = "hub"  # committed here and by the hub (a later issue elects one)
+    ALL = "all"  # committed by every live member
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFound:
+    """Discovery (mDNS, a static list, or the simulator) learnt of a peer."""
+
+    peer_id: str
+    address: str = ""
+    tiers: tuple[str, ...] = ("L1", "L2", "L3")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """Discovery no longer sees a peer (it may still be reachable)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A link (data channel) to a peer is open."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The link to a peer closed or failed."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """Bytes of one frame arrived from a peer (not yet validated)."""
+
+    peer_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequested:
+    """The local user asked for a write; `request_id` names it in the acknowledgement."""
+
+    request_id: int
+    puts: Sequence[NewItem] = ()
+    delete_ids: Sequence[str] = ()
+    moves: Sequence[tuple[str, str]] = ()
+    ack: AckLevel = AckLevel.LOCAL
+    priority: Priority = Priority.NORMAL
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequested:
+    """The local user asked a peer to search or fetch from a tier (MEMORY_QUERY)."""
+
+    request_id: int
+    peer_id: str
+    tier: str
+    vector: tuple[float, ...] | None = None
+    k: int = 10
+    ids: tuple[str, ...] = field(default_factory=tuple)
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the node runs whatever timers are due at `now`."""
+
+
+Input = (
+    PeerFound
+    | PeerLost
+    | LinkUp
+    | LinkDown
+    | FrameReceived
+    | WriteRequested
+    | QueryRequested
+    | Tick
+)

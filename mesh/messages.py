@@ -1,0 +1,165 @@
+"""Payloads of every message type, as frozen dataclasses. The wire codec is `mesh.codec`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class MemberState(IntEnum):
+    """SWIM member states (ordered: a higher state wins at equal incarnation)."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """A piggybacked membership fact: `node_id` is in `state` at `incarnation`."""
+
+    node_id: str
+    state: MemberState
+    incarnation: int
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message on a new link: who I am and what I replicate."""
+
+    node_id: str
+    incarnation: int
+    tiers: tuple[str, ...]
+    profile: str = "standard"
+    hub_eligible: bool = True
+    software: str = "memmesh/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """SWIM direct probe, carrying gossip."""
+
+    seq: int
+    gossip: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """SWIM indirect probe: please ping `target` for me and relay the ack."""
+
+    seq: int
+    target: str
+    gossip: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PingAck:
+    """SWIM ack of a probe of `target` (the sender itself, or the node it probed for us)."""
+
+    seq: int
+    target: str
+    gossip: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Anti-entropy: the Merkle roots of the sender's tiers; `reply` marks the answer."""
+
+    roots: tuple[tuple[str, bytes], ...]
+    reply: bool = False
+
+
+class SyncKind(IntEnum):
+    """y-sync message kinds carried by MEMORY_SYNC."""
+
+    STEP1 = 0  # body: my state vector; answer with STEP2
+    STEP2 = 1  # body: the update you are missing
+    UPDATE = 2  # body: an incremental update
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Position of one piece of a body too large for one frame."""
+
+    transfer_id: bytes  # 16 bytes, the same for every piece of one body
+    index: int
+    total: int
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySync:
+    """MEMORY_SYNC: a y-sync message for one tier, with its SHA-256 checksum."""
+
+    batch_id: bytes  # 16 bytes, unique per batch; dedup key when flooded
+    source: str
+    target: str  # a node id, or "*" for broadcast
+    tier: str
+    kind: SyncKind
+    body: bytes
+    items: int = 0  # how many items the body carries, when known (progress)
+    chunk: Chunk | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAck:
+    """The sender committed the batch durably."""
+
+    batch_id: bytes
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Ask the sender of a chunked transfer to continue from `next_index`."""
+
+    transfer_id: bytes
+    next_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryQuery:
+    """MEMORY_QUERY: search (vector, k) and/or fetch (ids) a tier on the receiver."""
+
+    query_id: int
+    tier: str
+    vector: bytes = b""  # little-endian float32, empty for fetch-only
+    k: int = 10
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryResponse:
+    """MEMORY_RESPONSE: records (the tier-document JSON) and search hits, or an error."""
+
+    query_id: int
+    ok: bool
+    records: tuple[tuple[str, str], ...] = ()  # (item_id, record json)
+    hits: tuple[tuple[str, float], ...] = ()  # (item_id, score), best first
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReport:
+    """Tells a peer why its frame was refused."""
+
+    code: int
+    message: str
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+Message = (
+    Hello
+    | Ping
+    | PingReq
+    | PingAck
+    | Digest
+    | MemorySync
+    | SyncAck
+    | Resume
+    | MemoryQuery
+    | MemoryResponse
+    | ErrorReport
+)

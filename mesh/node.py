@@ -1,0 +1,659 @@
+"""The sans-IO Node: `handle(event, now) -> effects`. The daemon and the simulator both
+drive this same class; it never reads a clock, touches a socket or draws global randomness.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crdt.errors import MemmeshError
+from crdt.item import MemoryItem, to_record
+from crdt.memory import Change, TieredMemory
+from crdt.tier import CorruptUpdateError
+from mesh.acks import AckTracker
+from mesh.chunking import Reassembler, max_chunk_for, split_body
+from mesh.codec import decode_message, encode_message
+from mesh.config import NodeConfig
+from mesh.effects import (
+    Connect,
+    Disconnect,
+    Effect,
+    Emit,
+    Log,
+    Persist,
+    QueryAnswered,
+    Send,
+    WriteAcked,
+    WriteFailed,
+)
+from mesh.frames import Flags, Frame, FrameError, Priority
+from mesh.inputs import (
+    AckLevel,
+    FrameReceived,
+    Input,
+    LinkDown,
+    LinkUp,
+    PeerFound,
+    PeerLost,
+    QueryRequested,
+    Tick,
+    WriteRequested,
+)
+from mesh.membership import Membership, Outgoing
+from mesh.messages import (
+    Digest,
+    Hello,
+    MemberState,
+    MemoryQuery,
+    MemoryResponse,
+    MemorySync,
+    Message,
+    Ping,
+    PingAck,
+    PingReq,
+    Resume,
+    SyncAck,
+    SyncKind,
+)
+from mesh.outbox import Outbox, WaitingWrite
+
+BROADCAST = "*"
+MAX_QUERY_K = 100
+
+
+@dataclass(slots=True)
+class NodeCounters:
+    """Traffic and error counters (the simulator and `memmesh peers` report them)."""
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    bad_frames: int = 0
+    syncs_applied: int = 0
+    duplicates_dropped: int = 0
+    digests_sent: int = 0
+    bad_frames_by_peer: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TransferProgress:
+    """How far an incoming chunked body (an initial sync) has come."""
+
+    peer_id: str
+    tier: str
+    bytes_done: int
+    bytes_total: int
+    items_total: int
+
+
+class Node:
+    """One mesh node's protocol state: membership, links, sync sessions, acks, queries."""
+
+    def __init__(
+        self,
+        memory: TieredMemory,
+        config: NodeConfig,
+        rng: random.Random,
+        *,
+        incarnation: int = 0,
+    ) -> None:
+        """Wrap a loaded memory; `rng` is the node's only source of randomness."""
+        self.node_id = memory.node_id
+        self.memory = memory
+        self.config = config
+        self._rng = rng
+        self.membership = Membership(self.node_id, config.swim, rng, incarnation=incarnation)
+        self.acks = AckTracker()
+        self.counters = NodeCounters()
+        self._reassembler = Reassembler(max_bytes=config.limits.max_decompressed_bytes)
+        self._max_chunk = max_chunk_for(config.limits)
+        self._outbox = Outbox(config.sync_interval_s)
+        self._links: set[str] = set()
+        self._connecting: dict[str, float] = {}
+        self._retry_at: dict[str, tuple[int, float]] = {}
+        self._peer_tiers: dict[str, tuple[str, ...]] = {}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._step1_sent: dict[tuple[str, str], float] = {}
+        self._transfers: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        self._incoming: dict[tuple[str, bytes], TransferProgress] = {}
+        self._queries: dict[int, tuple[int, float]] = {}
+        self._next_query_id = 1
+        self._next_ae: float | None = None
+        self._now = 0.0
+
+    # ----------------------------------------------------------------- driving
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        """Apply one input at time `now` and return the effects, to be run in order."""
+        self._now = now
+        if self._next_ae is None:
+            self._next_ae = now + self._rng.uniform(0, self.config.anti_entropy_interval_s)
+        effects: list[Effect]
+        if isinstance(event, FrameReceived):
+            effects = self._on_frame(event.peer_id, event.data)
+        elif isinstance(event, Tick):
+            effects = self._on_tick()
+        elif isinstance(event, WriteRequested):
+            effects = self._on_write(event)
+        elif isinstance(event, LinkUp):
+            effects = self._on_link_up(event.peer_id)
+        elif isinstance(event, LinkDown):
+            effects = self._on_link_down(event.peer_id)
+        elif isinstance(event, PeerFound):
+            self.membership.add(event.peer_id, now, event.address)
+            self._peer_tiers.setdefault(event.peer_id, event.tiers)
+            effects = self._maintain_links()
+        elif isinstance(event, PeerLost):
+            effects = []
+        else:
+            effects = self._on_query_request(event)
+        effects.extend(self._membership_changes())
+        return effects
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest time at which a Tick has work to do."""
+        candidates = [
+            self.membership.next_deadline(),
+            self._next_ae,
+            self._outbox.due,
+            self.acks.next_deadline(),
+            min((d for _r, d in self._queries.values()), default=None),
+            min((at for _n, at in self._retry_at.values()), default=None),
+        ]
+        return min((c for c in candidates if c is not None), default=None)
+
+    @property
+    def links(self) -> frozenset[str]:
+        """Return the peers with an open link."""
+        return frozenset(self._links)
+
+    def transfers(self) -> list[TransferProgress]:
+        """Return the chunked bodies (initial syncs) still arriving."""
+        return list(self._incoming.values())
+
+    # ----------------------------------------------------------------- sending
+
+    def _send(
+        self,
+        peer_id: str,
+        message: Message,
+        priority: Priority = Priority.NORMAL,
+        flags: Flags = Flags.NONE,
+    ) -> Send:
+        frame = encode_message(
+            message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
+        )
+        return self._count(Send(peer_id, frame, priority))
+
+    def _count(self, send: Send) -> Send:
+        self.counters.frames_out += 1
+        self.counters.bytes_out += len(send.frame)
+        return send
+
+    def _send_sync(
+        self, peer_ids: Iterable[str], message: MemorySync, priority: Priority, flags: Flags
+    ) -> list[Effect]:
+        """Send a MEMORY_SYNC, chunked when its body is over one frame; cache chunks."""
+        targets = list(peer_ids)
+        if not targets:
+            return []
+        if len(message.body) <= self._max_chunk:
+            frame = encode_message(
+                message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
+            )
+            return [self._count(Send(p, frame, priority)) for p in targets]
+        frames = [
+            encode_message(
+                MemorySync(
+                    message.batch_id,
+                    message.source,
+                    message.target,
+                    message.tier,
+                    message.kind,
+                    piece,
+                    message.items,
+                    chunk,
+                ),
+                priority=priority,
+                timestamp_ns=int(self._now * 1e9),
+                flags=flags,
+            )
+            for chunk, piece in split_body(
+                message.body, max_chunk=self._max_chunk, transfer_id=message.batch_id
+            )
+        ]
+        self._transfers[message.batch_id] = frames
+        while len(self._transfers) > self.config.transfer_cache:
+            self._transfers.popitem(last=False)
+        return [self._count(Send(p, f, priority)) for p in targets for f in frames]
+
+    def _new_batch_id(self) -> bytes:
+        return self._rng.randbytes(16)
+
+    # ----------------------------------------------------------------- links
+
+    def _wanted_links(self) -> set[str]:
+        alive = [p for p in self.membership.alive() if p != self.node_id]
+        if len(alive) <= self.config.full_mesh_max:
+            return set(alive)
+        keep = {p for p in self._links | set(self._connecting) if p in set(alive)}
+        spare = sorted(set(alive) - keep)
+        self._rng.shuffle(spare)
+        missing = max(0, self.config.random_links - len(keep))
+        return keep | set(spare[:missing])
+
+    def _maintain_links(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for peer in sorted(self._wanted_links() - self._links - set(self._connecting)):
+            attempts, at = self._retry_at.get(peer, (0, 0.0))
+            if self._now < at:
+                continue
+            self._connecting[peer] = self._now
+            self._retry_at[peer] = (attempts, self._now + self._backoff(attempts))
+            effects.append(Connect(peer))
+        return effects
+
+    def _backoff(self, attempts: int) -> float:
+        base = min(self.config.reconnect_max_s, self.config.reconnect_base_s * 2.0**attempts)
+        return float(base * self._rng.uniform(0.5, 1.0))
+
+    def _on_link_up(self, peer_id: str) -> list[Effect]:
+        self._links.add(peer_id)
+        self._connecting.pop(peer_id, None)
+        self._retry_at.pop(peer_id, None)
+        self.membership.add(peer_id, self._now)
+        effects: list[Effect] = [
+            self._send(
+                peer_id,
+                Hello(
+                    self.node_id,
+                    self.membership.incarnation,
+                    self.config.tiers,
+                    self.config.profile,
+                    self.config.hub_eligible,
+                ),
+            )
+        ]
+        resuming = {
+            progress.tier: transfer_id
+            for (peer, transfer_id), progress in self._incoming.items()
+            if peer == peer_id
+        }
+        for tier in self._shared_tiers(peer_id):
+            if tier in resuming:
+                transfer_id = resuming[tier]
+                effects.append(
+                    self._send(
+                        peer_id,
+                        Resume(transfer_id, self._reassembler.next_missing(peer_id, transfer_id)),
+                    )
+                )
+            else:
+                effects.append(self._step1(peer_id, tier))
+        return effects
+
+    def _on_link_down(self, peer_id: str) -> list[Effect]:
+        self._links.discard(peer_id)
+        if peer_id in self._connecting:
+            del self._connecting[peer_id]
+            attempts, _at = self._retry_at.get(peer_id, (0, 0.0))
+            self._retry_at[peer_id] = (attempts + 1, self._now + self._backoff(attempts + 1))
+        return []
+
+    def _shared_tiers(self, peer_id: str) -> list[str]:
+        theirs = self._peer_tiers.get(peer_id, self.config.tiers)
+        return [t for t in self.config.tiers if t in theirs]
+
+    def _step1(self, peer_id: str, tier: str) -> Send:
+        self._step1_sent[(peer_id, tier)] = self._now
+        sv = self.memory.tier_doc(tier).state_vector()
+        message = MemorySync(self._new_batch_id(), self.node_id, peer_id, tier, SyncKind.STEP1, sv)
+        return self._send(peer_id, message)
+
+    # ----------------------------------------------------------------- frames
+
+    def _on_frame(self, peer_id: str, data: bytes) -> list[Effect]:
+        self.counters.frames_in += 1
+        self.counters.bytes_in += len(data)
+        try:
+            frame, message = decode_message(data, self.config.limits)
+            return self._dispatch(peer_id, frame, message, data)
+        except (FrameError, CorruptUpdateError, MemmeshError) as exc:
+            return self._bad_frame(peer_id, str(exc))
+
+    def _bad_frame(self, peer_id: str, reason: str) -> list[Effect]:
+        self.counters.bad_frames += 1
+        count = self.counters.bad_frames_by_peer.get(peer_id, 0) + 1
+        self.counters.bad_frames_by_peer[peer_id] = count
+        effects: list[Effect] = [
+            Log("warning", "bad frame refused", {"peer": peer_id, "reason": reason})
+        ]
+        if count % self.config.bad_frames_before_disconnect == 0 and peer_id in self._links:
+            self._links.discard(peer_id)
+            self._retry_at[peer_id] = (count, self._now + self.config.reconnect_max_s)
+            effects.append(Disconnect(peer_id, f"{count} bad frames"))
+        return effects
+
+    def _dispatch(self, peer_id: str, frame: Frame, message: Message, raw: bytes) -> list[Effect]:
+        if isinstance(message, MemorySync):
+            return self._on_sync(peer_id, frame, message, raw)
+        if isinstance(message, Ping):
+            return self._outgoing(self.membership.on_ping(peer_id, message, self._now))
+        if isinstance(message, PingAck):
+            return self._outgoing(self.membership.on_ping_ack(peer_id, message, self._now))
+        if isinstance(message, PingReq):
+            return self._outgoing(self.membership.on_ping_req(peer_id, message, self._now))
+        if isinstance(message, Digest):
+            return self._on_digest(peer_id, message)
+        if isinstance(message, SyncAck):
+            return list(self.acks.on_ack(message.batch_id, message.node_id, None))
+        if isinstance(message, Hello):
+            self._peer_tiers[peer_id] = message.tiers
+            self.membership.add(peer_id, self._now)
+            return []
+        if isinstance(message, Resume):
+            return self._on_resume(peer_id, message)
+        if isinstance(message, MemoryQuery):
+            return [self._answer_query(peer_id, message)]
+        if isinstance(message, MemoryResponse):
+            return self._on_query_response(message)
+        return [Log("info", "peer reported an error", {"peer": peer_id, "error": str(message)})]
+
+    def _outgoing(self, outgoing: list[Outgoing]) -> list[Effect]:
+        return [self._send(o.peer_id, o.message) for o in outgoing]
+
+    # ----------------------------------------------------------------- sync
+
+    def _on_sync(self, peer_id: str, frame: Frame, message: MemorySync, raw: bytes) -> list[Effect]:
+        effects: list[Effect] = []
+        flooded = message.kind is SyncKind.UPDATE and message.target == BROADCAST
+        if flooded:
+            key = message.batch_id + (
+                message.chunk.index.to_bytes(4, "big") if message.chunk else b""
+            )
+            if key in self._seen:
+                self.counters.duplicates_dropped += 1
+                return self._ack_if_asked(frame, message)
+            self._remember(key)
+        body = message.body
+        if message.chunk is not None:
+            assembled = self._collect_chunk(peer_id, message)
+            if flooded:
+                effects.extend(self._forward(peer_id, message, raw, frame.priority))
+            if assembled is None:
+                return effects
+            body = assembled
+        if message.tier not in self.config.tiers:
+            if flooded and message.chunk is None:
+                effects.extend(self._forward(peer_id, message, raw, frame.priority))
+            return effects
+        if message.kind is SyncKind.STEP1:
+            return effects + self._answer_step1(peer_id, message.tier, body)
+        change = self.memory.apply_remote(message.tier, body, int(self._now * 1000))
+        self.counters.syncs_applied += 1
+        effects.extend(self._persist(change))
+        effects.extend(self._ack_if_asked(frame, message))
+        if flooded and message.chunk is None:
+            effects.extend(self._forward(peer_id, message, raw, frame.priority))
+        if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
+            effects.append(self._step1(peer_id, message.tier))
+        return effects
+
+    def _collect_chunk(self, peer_id: str, message: MemorySync) -> bytes | None:
+        chunk = message.chunk
+        assert chunk is not None
+        key = (peer_id, chunk.transfer_id)
+        assembled = self._reassembler.add(peer_id, chunk, message.body)
+        if assembled is None:
+            done, total = self._reassembler.progress(peer_id, chunk.transfer_id)
+            self._incoming[key] = TransferProgress(
+                peer_id, message.tier, done, total, message.items
+            )
+        else:
+            self._incoming.pop(key, None)
+        return assembled
+
+    def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:
+        if not frame.flags & Flags.REQUIRES_ACK or message.source == self.node_id:
+            return []
+        if message.chunk is not None and message.chunk.index != message.chunk.total - 1:
+            return []
+        return [self._send(message.source, SyncAck(message.batch_id, self.node_id))]
+
+    def _forward(
+        self, sender: str, message: MemorySync, raw: bytes, priority: Priority
+    ) -> list[Effect]:
+        """Flood a broadcast update to every other link (dedup by batch id stops loops)."""
+        return [
+            self._count(Send(peer, raw, priority))
+            for peer in sorted(self._links)
+            if peer not in (sender, message.source)
+        ]
+
+    def _remember(self, key: bytes) -> None:
+        self._seen[key] = None
+        while len(self._seen) > self.config.dedup_capacity:
+            self._seen.popitem(last=False)
+
+    def _answer_step1(self, peer_id: str, tier: str, state_vector: bytes) -> list[Effect]:
+        doc = self.memory.tier_doc(tier)
+        try:
+            diff = doc.encode_diff(state_vector)
+        except ValueError as exc:
+            return self._bad_frame(peer_id, f"bad state vector: {exc}")
+        message = MemorySync(
+            self._new_batch_id(), self.node_id, peer_id, tier, SyncKind.STEP2, diff, len(doc)
+        )
+        effects = self._send_sync([peer_id], message, Priority.NORMAL, Flags.NONE)
+        sent = self._step1_sent.get((peer_id, tier))
+        if sent is None or self._now - sent > self.config.step1_guard_s:
+            effects.append(self._step1(peer_id, tier))  # pull too: push-pull exchange
+        return effects
+
+    def _on_resume(self, peer_id: str, message: Resume) -> list[Effect]:
+        frames = self._transfers.get(message.transfer_id)
+        if frames is None:
+            # Too old to resume: start a fresh exchange instead.
+            return [self._step1(peer_id, t) for t in self._shared_tiers(peer_id)]
+        return [
+            self._count(Send(peer_id, f, Priority.NORMAL)) for f in frames[message.next_index :]
+        ]
+
+    def _on_digest(self, peer_id: str, message: Digest) -> list[Effect]:
+        effects: list[Effect] = []
+        for tier, root in message.roots:
+            if tier in self.config.tiers and root != self.memory.digest(tier).root():
+                effects.append(self._step1(peer_id, tier))
+        return effects
+
+    def _anti_entropy(self) -> list[Effect]:
+        """Send our tier roots to one random member (dead ones too: a healed partition)."""
+        members = sorted(
+            p
+            for p, info in self.membership.members().items()
+            if p != self.node_id and info.state is not MemberState.LEFT
+        )
+        if not members:
+            return []
+        peer = self._rng.choice(members)
+        roots = tuple((t, self.memory.digest(t).root()) for t in self.config.tiers)
+        self.counters.digests_sent += 1
+        return [self._send(peer, Digest(roots))]
+
+    # ----------------------------------------------------------------- writes
+
+    def _persist(self, change: Change) -> list[Effect]:
+        effects: list[Effect] = []
+        if not change.empty or change.events:
+            effects.append(Persist(change))
+        if change.events:
+            effects.append(Emit(change.events))
+        return effects
+
+    def _on_write(self, request: WriteRequested) -> list[Effect]:
+        now_ms = int(self._now * 1000)
+        changes: list[Change] = []
+        try:
+            if request.puts:
+                changes.append(self.memory.put_many(request.puts, now_ms))
+            changes.extend(self.memory.delete(i, now_ms) for i in request.delete_ids)
+            changes.extend(self.memory.move(i, t, now_ms) for i, t in request.moves)
+        except (ValueError, KeyError, MemmeshError) as exc:
+            return [WriteFailed(request.request_id, str(exc), applied=bool(changes))]
+        effects: list[Effect] = []
+        updates: list[tuple[str, bytes]] = []
+        items: list[MemoryItem] = []
+        for change in changes:
+            effects.extend(self._persist(change))
+            updates.extend(change.updates)
+            items.extend(change.items)
+        waiting = None
+        if request.ack is AckLevel.LOCAL:
+            effects.append(WriteAcked(request.request_id, tuple(items)))
+        else:
+            waiting = WaitingWrite(
+                request.request_id,
+                request.ack,
+                {t for t, _u in updates},
+                request.timeout_s,
+                tuple(items),
+            )
+        urgent = self._outbox.add(tuple(updates), request.priority, self._now, waiting)
+        if urgent or (waiting is not None and not updates):
+            effects.extend(self._flush())
+        return effects
+
+    def _flush(self) -> list[Effect]:
+        batches, writes = self._outbox.flush()
+        effects: list[Effect] = []
+        batch_of: dict[str, bytes] = {}
+        ack_wanted = any(w.level is not AckLevel.LOCAL for w in writes)
+        for batch in batches:
+            batch_id = self._new_batch_id()
+            batch_of[batch.tier] = batch_id
+            self._remember(batch_id)
+            message = MemorySync(
+                batch_id,
+                self.node_id,
+                BROADCAST,
+                batch.tier,
+                SyncKind.UPDATE,
+                batch.body,
+                batch.updates,
+            )
+            flags = Flags.BATCHED | (Flags.REQUIRES_ACK if ack_wanted else Flags.NONE)
+            peers = [p for p in sorted(self._links) if batch.tier in self._shared_tiers(p)]
+            effects.extend(self._send_sync(peers, message, batch.priority, flags))
+        for write in writes:
+            required = (
+                [p for p in self.membership.alive() if p != self.node_id]
+                if write.level is AckLevel.ALL
+                else []
+            )
+            effects.extend(
+                self.acks.wait(
+                    request_id=write.request_id,
+                    level=write.level,
+                    batch_ids=[batch_of[t] for t in write.tiers if t in batch_of],
+                    required=required,
+                    deadline=self._now + write.timeout_s,
+                    items=write.items,
+                )
+            )
+        return effects
+
+    # ----------------------------------------------------------------- queries
+
+    def _on_query_request(self, request: QueryRequested) -> list[Effect]:
+        query_id = self._next_query_id
+        self._next_query_id += 1
+        self._queries[query_id] = (request.request_id, self._now + request.timeout_s)
+        vector = b""
+        if request.vector is not None:
+            vector = np.asarray(request.vector, dtype="<f4").tobytes()
+        message = MemoryQuery(query_id, request.tier, vector, request.k, request.ids)
+        return [self._send(request.peer_id, message, Priority.HIGH)]
+
+    def _answer_query(self, peer_id: str, query: MemoryQuery) -> Send:
+        if query.tier not in self.config.tiers:
+            return self._send(
+                peer_id, MemoryResponse(query.query_id, False, error="tier not replicated here")
+            )
+        hits: list[tuple[str, float]] = []
+        try:
+            if query.vector:
+                vector = np.frombuffer(query.vector, dtype="<f4")
+                found = self.memory.search(vector, k=min(query.k, MAX_QUERY_K), tiers=[query.tier])
+                hits = [(h.item_id, h.score) for h in found]
+        except ValueError as exc:
+            return self._send(peer_id, MemoryResponse(query.query_id, False, error=str(exc)))
+        records = []
+        for item_id in [*query.ids, *(h for h, _s in hits)]:
+            if item_id in self.memory:
+                item = self.memory.get(item_id)
+                if item.tier == query.tier:
+                    records.append((item_id, to_record(item)))
+        return self._send(
+            peer_id, MemoryResponse(query.query_id, True, tuple(records), tuple(hits))
+        )
+
+    def _on_query_response(self, response: MemoryResponse) -> list[Effect]:
+        pending = self._queries.pop(response.query_id, None)
+        if pending is None:
+            return []
+        request_id, _deadline = pending
+        if not response.ok:
+            return [QueryAnswered(request_id, False, error=response.error)]
+        return [QueryAnswered(request_id, True, result=response)]
+
+    # ----------------------------------------------------------------- timers
+
+    def _on_tick(self) -> list[Effect]:
+        now = self._now
+        effects: list[Effect] = self._outgoing(self.membership.tick(now))
+        due = self._outbox.due
+        if due is not None and now >= due:
+            effects.extend(self._flush())
+        if self._next_ae is not None and now >= self._next_ae:
+            self._next_ae = now + self.config.anti_entropy_interval_s
+            effects.extend(self._anti_entropy())
+        effects.extend(self.acks.expire(now))
+        for query_id, (request_id, deadline) in list(self._queries.items()):
+            if now >= deadline:
+                del self._queries[query_id]
+                effects.append(QueryAnswered(request_id, False, error="query timed out"))
+        for peer, (attempts, at) in list(self._retry_at.items()):
+            if peer in self._connecting and now >= at:
+                del self._connecting[peer]  # the attempt never completed: retry later
+                self._retry_at[peer] = (attempts + 1, now + self._backoff(attempts + 1))
+        effects.extend(self._maintain_links())
+        return effects
+
+    def _membership_changes(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for change in self.membership.changes():
+            effects.append(
+                Log(
+                    "info",
+                    "member state changed",
+                    {
+                        "peer": change.node_id,
+                        "from": change.old.name if change.old else "NEW",
+                        "to": change.new.name,
+                    },
+                )
+            )
+            if change.new in (MemberState.DEAD, MemberState.LEFT):
+                if change.node_id in self._links:
+                    self._links.discard(change.node_id)
+                    effects.append(Disconnect(change.node_id, change.new.name.lower()))
+                effects.extend(self.acks.forget_peer(change.node_id))
+        if effects:
+            effects.extend(self._maintain_links())
+        return effects
