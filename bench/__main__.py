@@ -20,6 +20,7 @@ from bench.common import SCHEMA_VERSION, CpuMeter, Progress, load_average, machi
 # name -> module defining DESCRIPTION, add_arguments(parser) and run(args, progress).
 FAMILIES: dict[str, str] = {
     "local": "bench.local",
+    "sim": "bench.sim",
 }
 
 
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in FAMILIES:
-        family = _load(name)
+        try:
+            family = _load(name)
+        except Exception as exc:  # one broken family must not take the others down
+            sub.add_parser(name, parents=[common], help=f"(unavailable: {exc!r})")
+            continue
         family_parser = sub.add_parser(
             name, parents=[common], help=family.DESCRIPTION, description=family.DESCRIPTION
         )

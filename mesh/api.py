@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from crdt.config import MemoryConfig
 from crdt.events import EventKind, EventLog, MemoryEvent, Subscription
@@ -24,8 +24,14 @@ from crdt.item import MemoryItem
 from crdt.memory import Change, NewItem, TieredMemory
 from crdt.search import SearchHit
 from mesh.committer import GroupCommitter
+from mesh.effects import WriteAcked
+from mesh.frames import Priority
 from mesh.identity import NodeIdentity
+from mesh.inputs import AckLevel, WriteRequested
 from mesh.store import SqliteStore
+
+if TYPE_CHECKING:
+    from mesh.runtime import NodeRuntime
 
 COMPACT_AFTER_ROWS = 2_000
 _USED_CLIENT_IDS = "yjs_client_ids_used"
@@ -58,6 +64,7 @@ class Mesh:
         self._identity: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._drained = asyncio.Event()
+        self._runtime: NodeRuntime | None = None
         self._blocking_streams: set[Subscription] = set()
 
     @classmethod
@@ -195,8 +202,16 @@ class Mesh:
         tags: Sequence[str] = (),
         citations: Sequence[str] = (),
         confidence: float = 1.0,
+        priority: Priority = Priority.NORMAL,
+        ack: AckLevel = AckLevel.LOCAL,
+        timeout_s: float = 10.0,
     ) -> MemoryItem:
-        """Store an item durably and return it; raises InvalidItemError and writes nothing."""
+        """Store an item durably and return it; raises InvalidItemError and writes nothing.
+
+        On a networked node `ack` can ask for more than local durability (`peer`, `hub`,
+        `all`); a write that misses it in `timeout_s` raises WriteError with
+        `applied=True`: it is committed here and still replicates.
+        """
         request = NewItem(
             tier=tier,
             content=content,
@@ -207,25 +222,64 @@ class Mesh:
             citations=citations,
             confidence=confidence,
         )
-        (item,) = await self.put_many([request])
+        (item,) = await self.put_many([request], priority=priority, ack=ack, timeout_s=timeout_s)
         return item
 
-    async def put_many(self, requests: Sequence[NewItem]) -> list[MemoryItem]:
+    async def put_many(
+        self,
+        requests: Sequence[NewItem],
+        *,
+        priority: Priority = Priority.NORMAL,
+        ack: AckLevel = AckLevel.LOCAL,
+        timeout_s: float = 10.0,
+    ) -> list[MemoryItem]:
         """Store many items in one transaction (all validated first); return them."""
         await self._respect_backpressure()
+        if self._runtime is not None:
+            acked = await self._through_node(
+                puts=tuple(requests), priority=priority, ack=ack, timeout_s=timeout_s
+            )
+            return list(acked.items)
         change = self.memory.put_many(requests, wall_ms())
         await self._commit(change)
         return list(change.items)
 
-    async def delete(self, item_id: str) -> None:
+    async def delete(
+        self, item_id: str, *, priority: Priority = Priority.NORMAL, ack: AckLevel = AckLevel.LOCAL
+    ) -> None:
         """Delete a live item durably; raises ItemNotFoundError if there is none."""
+        if self._runtime is not None:
+            self.memory.get(item_id)  # the clear error, before anything is queued
+            await self._through_node(delete_ids=(item_id,), priority=priority, ack=ack)
+            return
         await self._commit(self.memory.delete(item_id, wall_ms()))
 
     async def move(self, item_id: str, tier: str) -> MemoryItem:
         """Move a live item to another tier durably and return it there."""
+        if self._runtime is not None:
+            self.memory.get(item_id)
+            await self._through_node(moves=((item_id, tier),))
+            return self.memory.get(item_id)
         change = self.memory.move(item_id, tier, wall_ms())
         await self._commit(change)
         return change.items[0] if change.items else self.memory.get(item_id)
+
+    def notify(self, events: Sequence[MemoryEvent]) -> None:
+        """Wake subscribers: events were committed by the Node's runtime."""
+        if events:
+            self._changed.set()
+
+    def attach(self, runtime: NodeRuntime | None) -> None:
+        """Route writes through a running Node (the daemon), or back to local-only."""
+        self._runtime = runtime
+
+    async def _through_node(self, **fields: Any) -> WriteAcked:
+        runtime = self._runtime
+        assert runtime is not None
+        request_id, future = runtime.new_request_id()
+        runtime.submit(WriteRequested(request_id, **fields))
+        result: WriteAcked = await future
+        return result
 
     async def apply_update(self, tier: str, update: bytes) -> int:
         """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""

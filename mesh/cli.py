@@ -20,18 +20,22 @@ from crdt.errors import MemmeshError
 from crdt.events import MemoryEvent
 from crdt.item import MemoryItem
 from mesh.api import Mesh
+from mesh.cli_net import add_network_commands, via_daemon
+from mesh.frames import Priority
 from mesh.identity import IdentityError
+from mesh.inputs import AckLevel
 from mesh.store import StoreError
 
 EXIT_ERROR = 1
+NETWORK_COMMANDS = frozenset({"init", "token", "run", "peers", "demo"})
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+def _print_json(value: Any, out: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False), file=out)
 
 
 def _load_embedding(path: str | None) -> Any:
@@ -75,6 +79,9 @@ async def cmd_put(mesh: Mesh, args: argparse.Namespace) -> None:
         metadata = json.loads(args.metadata) if args.metadata else None
     except json.JSONDecodeError as exc:
         raise CliError(f"--metadata is not valid JSON: {exc}") from None
+    ack = AckLevel(args.ack)
+    if ack is not AckLevel.LOCAL and getattr(args, "daemon", None) is None:
+        raise CliError(f"--ack {ack.value} needs a running daemon (`memmesh run`)")
     item = await mesh.put(
         args.tier,
         args.content,
@@ -83,11 +90,14 @@ async def cmd_put(mesh: Mesh, args: argparse.Namespace) -> None:
         metadata=metadata,
         tags=[t for t in (args.tags or "").split(",") if t],
         confidence=args.confidence,
+        priority=Priority[args.priority.upper()],
+        ack=ack,
+        timeout_s=args.timeout,
     )
     if args.json:
-        _print_json(_item_json(item, with_embedding=False))
+        _print_json(_item_json(item, with_embedding=False), args.out)
     else:
-        print(item.id)
+        print(item.id, file=args.out)
 
 
 async def cmd_get(mesh: Mesh, args: argparse.Namespace) -> None:
@@ -97,23 +107,26 @@ async def cmd_get(mesh: Mesh, args: argparse.Namespace) -> None:
     if args.json:
         data = _item_json(item, with_embedding=args.with_embedding)
         data["conflicts"] = [_item_json(v, with_embedding=False) for v in conflicts]
-        _print_json(data)
+        _print_json(data, args.out)
         return
-    print(_describe(item))
+    print(_describe(item), file=args.out)
     if conflicts:
-        print(f"conflict:   {len(conflicts)} concurrent versions (resolved value shown)")
+        print(
+            f"conflict:   {len(conflicts)} concurrent versions (resolved value shown)",
+            file=args.out,
+        )
 
 
 async def cmd_delete(mesh: Mesh, args: argparse.Namespace) -> None:
     """Delete one item."""
     await mesh.delete(args.id)
-    print(f"deleted {args.id}")
+    print(f"deleted {args.id}", file=args.out)
 
 
 async def cmd_move(mesh: Mesh, args: argparse.Namespace) -> None:
     """Move one item to another tier."""
     item = await mesh.move(args.id, args.tier)
-    print(f"moved {item.id} to {item.tier}")
+    print(f"moved {item.id} to {item.tier}", file=args.out)
 
 
 async def cmd_search(mesh: Mesh, args: argparse.Namespace) -> None:
@@ -128,11 +141,11 @@ async def cmd_search(mesh: Mesh, args: argparse.Namespace) -> None:
             if hit.item_id in mesh.memory:
                 row["content"] = mesh.memory.get(hit.item_id).content
             rows.append(row)
-        _print_json(rows)
+        _print_json(rows, args.out)
         return
     for hit in hits:
         content = mesh.memory.get(hit.item_id).content if hit.item_id in mesh.memory else ""
-        print(f"{hit.score:7.4f}  {hit.tier}  {hit.item_id}  {content[:60]}")
+        print(f"{hit.score:7.4f}  {hit.tier}  {hit.item_id}  {content[:60]}", file=args.out)
 
 
 def _event_line(event: MemoryEvent) -> str:
@@ -147,17 +160,20 @@ async def cmd_events(mesh: Mesh, args: argparse.Namespace) -> None:
     """Print retained memory events."""
     events = mesh.events(args.pattern, since_seq=args.since, limit=args.limit)
     if args.json:
-        _print_json([e.to_json() for e in events])
+        _print_json([e.to_json() for e in events], args.out)
         return
     for event in events:
-        print(_event_line(event))
+        print(_event_line(event), file=args.out)
 
 
 async def cmd_export(mesh: Mesh, args: argparse.Namespace) -> None:
     """Write a tier as a standard Yjs v1 update."""
     data = await mesh.export_tier(args.tier)
     Path(args.output).write_bytes(data)
-    print(f"exported {args.tier}: {mesh.memory.count(args.tier)} items, {len(data)} bytes")
+    print(
+        f"exported {args.tier}: {mesh.memory.count(args.tier)} items, {len(data)} bytes",
+        file=args.out,
+    )
 
 
 async def cmd_import(mesh: Mesh, args: argparse.Namespace) -> None:
@@ -170,26 +186,47 @@ async def cmd_import(mesh: Mesh, args: argparse.Namespace) -> None:
         changed = await mesh.apply_update(args.tier, data)
     except ValueError as exc:
         raise CliError(f"{args.input} is not a valid Yjs update: {exc}") from None
-    print(f"imported into {args.tier}: {changed} items changed")
+    print(f"imported into {args.tier}: {changed} items changed", file=args.out)
 
 
 async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
-    """Print the node's id, tiers, counts and digests."""
-    status = mesh.status()
+    """Print the node's id, tiers, counts and digests (and the mesh's, under a daemon)."""
+    status = (getattr(args, "daemon", None) or {}).get("status") or mesh.status()
     if args.json:
-        _print_json(status)
+        _print_json(status, args.out)
         return
-    print(f"node {status['node_id']}  ({status['data_dir']})")
+    print(f"node {status['node_id']}  ({status['data_dir']})", file=args.out)
     for tier, info in status["tiers"].items():
-        print(f"  {tier}: {info['items']:>8} items  digest {info['digest'][:16]}")
-    print(f"  conflicts: {status['conflicts']}")
+        print(f"  {tier}: {info['items']:>8} items  digest {info['digest'][:16]}", file=args.out)
+    print(f"  conflicts: {status['conflicts']}", file=args.out)
+    if "mesh_id" in status:
+        print(
+            f"  mesh {status['mesh_id']}  profile {status['profile']}  "
+            f"peers {status['peers']}  hub {status['hub'] or '-'}",
+            file=args.out,
+        )
+        for transfer in status.get("transfers", []):
+            done, total = transfer["bytes_done"], max(1, transfer["bytes_total"])
+            bar = "#" * int(30 * done / total)
+            print(
+                f"  initial sync {transfer['tier']} from {transfer['peer']}: "
+                f"[{bar:<30}] {done}/{total} bytes, ~{transfer['items_total']} items",
+                file=args.out,
+            )
 
 
 async def cmd_compact(mesh: Mesh, args: argparse.Namespace) -> None:
     """Compact every tier's update log into a snapshot."""
     removed = await mesh.compact()
     total = sum(removed.values())
-    print(f"compacted: {total} update rows folded into snapshots")
+    print(f"compacted: {total} update rows folded into snapshots", file=args.out)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Hand the arguments after `sim` to the simulator command line."""
+    from simulations.cli import main as sim_main
+
+    return sim_main(args.argv)
 
 
 async def _with_mesh(
@@ -210,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if data:
             p.add_argument("--data-dir", required=True, help="the node's data directory")
-        p.set_defaults(handler=fn)
+        p.set_defaults(handler=fn, direct=name in NETWORK_COMMANDS)
         return p
 
     p = command("put", cmd_put, "store a memory item")
@@ -221,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-file", help="a .npy file holding a 1-D float vector")
     p.add_argument("--tags", help="comma-separated tags")
     p.add_argument("--confidence", type=float, default=1.0)
+    p.add_argument(
+        "--priority",
+        default="normal",
+        choices=[p.name.lower() for p in Priority],
+        help="traffic priority",
+    )
+    p.add_argument(
+        "--ack",
+        default="local",
+        choices=[a.value for a in AckLevel],
+        help="durability to wait for (peer/hub/all need a running daemon)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --ack")
     p.add_argument("--json", action="store_true")
 
     p = command("get", cmd_get, "print an item")
@@ -260,22 +310,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("compact", cmd_compact, "fold update logs into snapshots")
 
+    add_network_commands(sub, command)
+
+    # Everything after `sim` (options included) goes to the simulator's own parser.
+    p = sub.add_parser(
+        "sim",
+        help="simulate a mesh: partition-heal, churn, lossy-lan, scale (memmesh sim --help)",
+        add_help=False,
+        prefix_chars="\x00",
+    )
+    p.add_argument("argv", nargs="*")
+    p.set_defaults(handler=cmd_sim, direct=True)
+
     p = command("walkthrough", None, "a guided single-node tour in a temporary folder", data=False)
     p.add_argument("--keep", action="store_true", help="keep the temporary data folders")
     return parser
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Return the exceptions reported as one-line errors (never a traceback)."""
+    from mesh.control import ControlError
+    from mesh.joining import SetupError
+    from mesh.runtime import WriteError
+    from mesh.trust import TrustError
+
+    return (
+        CliError,
+        MemmeshError,
+        StoreError,
+        IdentityError,
+        ValueError,
+        OSError,
+        ControlError,
+        SetupError,
+        WriteError,
+        TrustError,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.out = sys.stdout
     try:
         if args.command == "walkthrough":
             from mesh.walkthrough import run_walkthrough
 
             asyncio.run(run_walkthrough(keep=args.keep))
-        else:
-            asyncio.run(_with_mesh(args, args.handler))
-    except (CliError, MemmeshError, StoreError, IdentityError, ValueError, OSError) as exc:
+            return 0
+        if getattr(args, "direct", False):
+            return int(args.handler(args))
+        remote = via_daemon(args, argv)
+        if remote is not None:
+            return remote
+        asyncio.run(_with_mesh(args, args.handler))
+    except user_errors() as exc:
         print(f"memmesh: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

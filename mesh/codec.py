@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from mesh import messages as m
 from mesh.frames import (
@@ -64,10 +64,17 @@ def _sized(value: Any, name: str, kind: type[_Sized], hi: int, lo: int = 0) -> _
     return value
 
 
+def _show(value: Any) -> str:
+    """Return a short description of an untrusted value (never a deep or long repr)."""
+    if isinstance(value, str | bytes):
+        return repr(value[:40])
+    return repr(value) if isinstance(value, int | float | None) else type(value).__name__
+
+
 def _int(value: Any, name: str, hi: int, lo: int = 0) -> int:
     """Return `value` if it is an int (not a bool) in [lo, hi]."""
     if type(value) is not int or not lo <= value <= hi:
-        raise MessageError(f"{name}: expected an integer in [{lo}, {hi}], got {value!r:.40}")
+        raise MessageError(f"{name}: expected an integer in [{lo}, {hi}], got {_show(value)}")
     return value
 
 
@@ -81,13 +88,13 @@ def _bool(value: Any, name: str) -> bool:
 def _float(value: Any, name: str) -> float:
     """Return `value` if it is a finite float."""
     if type(value) is not float or not math.isfinite(value):
-        raise MessageError(f"{name}: expected a finite float, got {value!r:.40}")
+        raise MessageError(f"{name}: expected a finite float, got {_show(value)}")
     return value
 
 
-def _pair(value: Any, name: str) -> list[Any]:
-    """Return `value` if it is a two-element array."""
-    return _sized(value, name, list, 2, 2)
+def _u32(value: Any, name: str) -> int:
+    """Return a u32."""
+    return _int(value, name, U32)
 
 
 def _node(value: Any, name: str) -> str:
@@ -108,7 +115,7 @@ def _id16(value: Any, name: str) -> bytes:
 def _tier(value: Any, name: str = "tier") -> str:
     """Return a tier name from KNOWN_TIERS."""
     if type(value) is not str or value not in KNOWN_TIERS:
-        raise MessageError(f"{name}: unknown tier {value!r:.40}")
+        raise MessageError(f"{name}: unknown tier {_show(value)}")
     return value
 
 
@@ -148,11 +155,6 @@ def _hello(f: list[Any], limits: Limits) -> m.Hello:
     )
 
 
-def _ping(f: list[Any], limits: Limits) -> m.Ping:
-    """Parse `[seq, gossip]`."""
-    return m.Ping(_int(f[0], "seq", U64), _gossip(f[1]))
-
-
 def _probe(f: list[Any]) -> tuple[int, str, tuple[MemberUpdate, ...]]:
     """Parse `[seq, target, gossip]` (PING_REQ and PING_ACK)."""
     return _int(f[0], "seq", U64), _node(f[1], "target"), _gossip(f[2])
@@ -162,7 +164,7 @@ def _digest(f: list[Any], limits: Limits) -> m.Digest:
     """Parse `[[[tier, root], ...], reply]`: each tier at most once, roots of 32 bytes."""
     roots = [
         (_tier(tier), _sized(root, "root", bytes, ROOT_BYTES, ROOT_BYTES))
-        for tier, root in (_pair(r, "roots") for r in _sized(f[0], "roots", list, 3))
+        for tier, root in (_sized(r, "roots", list, 2, 2) for r in _sized(f[0], "roots", list, 3))
     ]
     _unique([tier for tier, _ in roots], "roots")
     return m.Digest(tuple(roots), _bool(f[1], "reply"))
@@ -202,16 +204,6 @@ def _sync(f: list[Any], limits: Limits) -> m.MemorySync:
     )
 
 
-def _sync_ack(f: list[Any], limits: Limits) -> m.SyncAck:
-    """Parse `[batch_id, node_id]`."""
-    return m.SyncAck(_id16(f[0], "batch_id"), _node(f[1], "node_id"))
-
-
-def _resume(f: list[Any], limits: Limits) -> m.Resume:
-    """Parse `[transfer_id, next_index]`."""
-    return m.Resume(_id16(f[0], "transfer_id"), _int(f[1], "next_index", U32))
-
-
 def _query(f: list[Any], limits: Limits) -> m.MemoryQuery:
     """Parse `[query_id, tier, vector, k, ids]`; the vector is whole little-endian float32s."""
     vector = _sized(f[2], "vector", bytes, 4 * MAX_DIM)
@@ -228,11 +220,11 @@ def _response(f: list[Any], limits: Limits) -> m.MemoryResponse:
     cap, text_cap = limits.max_batch_count, limits.max_decompressed_bytes
     records = tuple(
         (_item(i, "record id"), _sized(r, "record", str, text_cap))
-        for i, r in (_pair(x, "records") for x in _sized(f[2], "records", list, cap))
+        for i, r in (_sized(x, "records", list, 2, 2) for x in _sized(f[2], "records", list, cap))
     )
     hits = tuple(
         (_item(i, "hit id"), _float(s, "score"))
-        for i, s in (_pair(x, "hits") for x in _sized(f[3], "hits", list, cap))
+        for i, s in (_sized(x, "hits", list, 2, 2) for x in _sized(f[3], "hits", list, cap))
     )
     if len(records) + len(hits) > cap:
         raise MessageError(f"records + hits over the cap of {cap}")
@@ -242,7 +234,7 @@ def _response(f: list[Any], limits: Limits) -> m.MemoryResponse:
 
 def _error(f: list[Any], limits: Limits) -> m.ErrorReport:
     """Parse `[code, message, [[key, value], ...]]` with unique keys."""
-    pairs = [_pair(x, "detail") for x in _sized(f[2], "detail", list, MAX_DETAIL)]
+    pairs = [_sized(x, "detail", list, 2, 2) for x in _sized(f[2], "detail", list, MAX_DETAIL)]
     detail = {
         _sized(k, "detail key", str, MAX_LABEL): _sized(v, "detail value", str, MAX_TEXT)
         for k, v in pairs
@@ -254,15 +246,16 @@ def _error(f: list[Any], limits: Limits) -> m.ErrorReport:
 
 
 _Parser = Callable[[list[Any], Limits], Message]
+# Each payload type: its field count after the tag, and its parser (fields, limits) -> message.
 _PARSERS: Final[dict[MsgType, tuple[int, _Parser]]] = {
     MsgType.HELLO: (6, _hello),
-    MsgType.PING: (2, _ping),
+    MsgType.PING: (2, lambda f, _: m.Ping(_int(f[0], "seq", U64), _gossip(f[1]))),
     MsgType.PING_REQ: (3, lambda f, _: m.PingReq(*_probe(f))),
     MsgType.PING_ACK: (3, lambda f, _: m.PingAck(*_probe(f))),
     MsgType.DIGEST: (2, _digest),
     MsgType.MEMORY_SYNC: (9, _sync),
-    MsgType.SYNC_ACK: (2, _sync_ack),
-    MsgType.RESUME: (2, _resume),
+    MsgType.SYNC_ACK: (2, lambda f, _: m.SyncAck(_id16(f[0], "batch_id"), _node(f[1], "node"))),
+    MsgType.RESUME: (2, lambda f, _: m.Resume(_id16(f[0], "transfer_id"), _u32(f[1], "next"))),
     MsgType.MEMORY_QUERY: (5, _query),
     MsgType.MEMORY_RESPONSE: (5, _response),
     MsgType.ERROR: (3, _error),
@@ -365,8 +358,6 @@ def _unpack(payload: bytes, limits: Limits) -> list[Any]:
         obj = msgpack.unpackb(
             payload,
             raw=False,
-            use_list=True,
-            strict_map_key=True,
             max_str_len=limits.max_decompressed_bytes,
             max_bin_len=limits.max_decompressed_bytes,
             max_array_len=max_array,
@@ -390,7 +381,7 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Frame,
     fields = _unpack(frame.payload, limits)
     tag = fields[0] if fields else None
     if type(tag) is not int or tag != frame.msg_type:
-        raise MessageError(f"payload tag {tag!r:.20} does not match header {frame.msg_type.name}")
+        raise MessageError(f"payload tag {_show(tag)} does not match header {frame.msg_type.name}")
     fields = _sized(fields[1:], frame.msg_type.name, list, arity, arity)
     msg = parser(fields, limits)
     expected = batch_count_of(msg)

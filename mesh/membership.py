@@ -298,6 +298,8 @@ class Membership:
         if up.state == ALIVE and up.incarnation <= self.incarnation:
             return
         if up.state != ALIVE and up.incarnation < self.incarnation:
+            # A stale accusation: the sender missed our refutation, so gossip it again.
+            self._enqueue(MemberUpdate(self.self_id, ALIVE, self.incarnation), priority=1)
             return
         # Adopt a newer ALIVE (we restarted), outbid anything worse: both are max(), so
         # the outcome does not depend on the order the updates arrive in.

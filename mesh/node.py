@@ -166,7 +166,9 @@ class Node:
             min((d for _r, d in self._queries.values()), default=None),
             min((at for _n, at in self._retry_at.values()), default=None),
         ]
-        return min((c for c in candidates if c is not None), default=None)
+        earliest = min((c for c in candidates if c is not None), default=None)
+        # An overdue timer (e.g. gossip queued by a frame after its slot passed) is due now.
+        return None if earliest is None else max(earliest, self._now)
 
     @property
     def links(self) -> frozenset[str]:
@@ -379,11 +381,17 @@ class Node:
             )
             if key in self._seen:
                 self.counters.duplicates_dropped += 1
-                return self._ack_if_asked(frame, message)
+                # Ack again only a whole batch applied here; a repeated piece of a chunked
+                # body says nothing about whether the body is complete (acked once, below).
+                if message.chunk is None and message.tier in self.config.tiers:
+                    return self._ack_if_asked(frame, message)
+                return []
             self._remember(key)
         body = message.body
         if message.chunk is not None:
-            assembled = self._collect_chunk(peer_id, message)
+            # A flooded body's pieces may come over different links (deduplicated per
+            # piece above), so reassemble them under their origin, not the neighbour.
+            assembled = self._collect_chunk(message.source if flooded else peer_id, message)
             if flooded:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             if assembled is None:
@@ -421,8 +429,6 @@ class Node:
 
     def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:
         if not frame.flags & Flags.REQUIRES_ACK or message.source == self.node_id:
-            return []
-        if message.chunk is not None and message.chunk.index != message.chunk.total - 1:
             return []
         return [self._send(message.source, SyncAck(message.batch_id, self.node_id))]
 
@@ -633,6 +639,12 @@ class Node:
                 del self._connecting[peer]  # the attempt never completed: retry later
                 self._retry_at[peer] = (attempts + 1, now + self._backoff(attempts + 1))
         effects.extend(self._maintain_links())
+        for peer, (_attempts, at) in list(self._retry_at.items()):
+            if peer not in self._connecting and now >= at:
+                # Backoff over but no new attempt: the peer is no longer wanted (dead, or
+                # not picked for a partial mesh). Keeping the entry would pin next_deadline
+                # in the past and busy-loop the driver.
+                del self._retry_at[peer]
         return effects
 
     def _membership_changes(self) -> list[Effect]:

@@ -5,6 +5,10 @@ same seed gives byte-identical results. Links have latency, jitter (reordering),
 duplication and bandwidth; the world partitions, heals, crashes and restarts nodes, and
 skews their clocks. A node's "disk" is what its `Persist` effects committed, so a restart
 rebuilds it exactly as the daemon would from SQLite.
+
+Discovery is either pairwise (every node gets one `PeerFound` per peer, in a random order
+spread over `DISCOVERY_SPREAD_S`, as mDNS would deliver them) or a burst (every node learns
+the whole membership at once, then picks its links once: cheap for meshes of 1,000 nodes).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
 
 from crdt.hlc import HybridLogicalClock
 from crdt.memory import NewItem, TieredMemory
@@ -27,7 +33,7 @@ from mesh.effects import (
     WriteAcked,
     WriteFailed,
 )
-from mesh.frames import Priority
+from mesh.frames import MsgType, Priority
 from mesh.inputs import (
     AckLevel,
     FrameReceived,
@@ -41,6 +47,11 @@ from mesh.inputs import (
 from mesh.node import Node
 
 CONNECT_TIMEOUT_S = 1.0
+DISCOVERY_SPREAD_S = 0.05  # pairwise discovery: each PeerFound arrives within this window
+TIMER_EPSILON_S = 1e-9  # timers fire this late so a skewed node always sees them as due
+CLOCK_ORIGIN_S = 3600.0  # a node's clock reads world time + origin + skew: never negative
+
+Discovery = Literal["pairwise", "burst"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,8 @@ class SimNode:
     incarnation: int = 0
     group: int = 0
     timer_at: float | None = None
+    frames_sent: int = 0  # every frame handed to the network, across restarts
+    bytes_sent: int = 0
 
 
 @dataclass(slots=True)
@@ -99,11 +112,23 @@ class World:
         *,
         config: NodeConfig | None = None,
         link: LinkModel | None = None,
+        discovery: Discovery = "pairwise",
+        timer_quantum_s: float = 0.0,
     ) -> None:
-        """Create an empty world whose every random choice derives from `seed`."""
+        """Create an empty world whose every random choice derives from `seed`.
+
+        `timer_quantum_s` > 0 re-arms a node's timer at most once per quantum (timers then
+        fire up to one quantum late), which saves work in large meshes.
+        """
+        if discovery not in ("pairwise", "burst"):
+            raise ValueError(f"unknown discovery {discovery!r}: pairwise or burst")
+        if timer_quantum_s < 0:
+            raise ValueError("timer_quantum_s must be >= 0")
         self.seed = seed
         self.config = config or NodeConfig.sim()
         self.link = link or LinkModel()
+        self.discovery: Discovery = discovery
+        self.timer_quantum_s = timer_quantum_s
         self.now = 0.0
         self.rng = random.Random(f"world-{seed}")
         self.nodes: dict[str, SimNode] = {}
@@ -115,18 +140,35 @@ class World:
         self._next_request = 1
         self.frames_delivered = 0
         self.frames_dropped = 0
+        self.events_processed = 0
+        self._traffic: dict[int, list[int]] = {}  # msg_type -> [frames, bytes]
+        self._unintroduced: list[str] = []
+        self._dirty: dict[str, SimNode] = {}
+        self._sweep_pending = False
 
     # ----------------------------------------------------------------- building
 
     def add_node(self, node_id: str, *, skew_s: float = 0.0) -> SimNode:
         """Create a node with an empty disk and tell it about every existing node."""
+        if node_id in self.nodes:
+            raise ValueError(f"node {node_id!r} already exists")
+        if abs(skew_s) >= CLOCK_ORIGIN_S:
+            raise ValueError(f"clock skew must stay under {CLOCK_ORIGIN_S} s either way")
         rng = random.Random(f"node-{self.seed}-{node_id}")
         sim = SimNode(node_id, self._boot(node_id, SimDisk(), rng, 0), SimDisk(), rng, skew_s)
         self.nodes[node_id] = sim
+        if self.discovery == "burst":
+            if not self._unintroduced:
+                self._schedule(0.0, self._introduce_pending)
+            self._unintroduced.append(node_id)
+            return sim
+        # A random arrival order per pair: with a fixed order every node would open its
+        # first `full_mesh_max` links to the same lowest ids and make them hubs.
         for other in sorted(self.nodes):
             if other != node_id:
-                self._schedule(0.0, lambda a=node_id, b=other: self._discover(a, b))
-                self._schedule(0.0, lambda a=other, b=node_id: self._discover(a, b))
+                for a, b in ((node_id, other), (other, node_id)):
+                    delay = self.rng.uniform(0.0, DISCOVERY_SPREAD_S)
+                    self._schedule(delay, partial(self._discover, a, b))
         self._schedule(0.0, lambda: self._input(node_id, Tick()))
         return sim
 
@@ -147,6 +189,26 @@ class World:
 
     def _discover(self, node_id: str, peer_id: str) -> None:
         self._input(node_id, PeerFound(peer_id))
+
+    def _introduce_pending(self) -> None:
+        """Burst discovery: new nodes learn every node, old nodes learn the new ones."""
+        fresh, self._unintroduced = self._unintroduced, []
+        everyone = sorted(self.nodes)
+        fresh_set = set(fresh)
+        for node_id in everyone:
+            sim = self.nodes[node_id]
+            if not sim.alive:
+                continue
+            peers = everyone if node_id in fresh_set else fresh
+            self._learn(sim, [p for p in peers if p != node_id])
+
+    def _learn(self, sim: SimNode, peers: Sequence[str]) -> None:
+        """Add peers to a node's membership at once, then let one Tick pick its links."""
+        membership = sim.node.membership
+        now = self.clock_of(sim)
+        for peer in peers:
+            membership.add(peer, now)
+        self._input(sim.node_id, Tick())
 
     # ----------------------------------------------------------------- faults
 
@@ -174,9 +236,12 @@ class World:
         sim.node = self._boot(node_id, sim.disk, sim.rng, sim.incarnation)
         sim.alive = True
         sim.timer_at = None
-        for other in sorted(self.nodes):
-            if other != node_id:
-                self._input(node_id, PeerFound(other))
+        others = [other for other in sorted(self.nodes) if other != node_id]
+        if self.discovery == "burst":
+            self._learn(sim, others)
+            return
+        for other in others:
+            self._input(node_id, PeerFound(other))
 
     # ----------------------------------------------------------------- writes
 
@@ -206,9 +271,11 @@ class World:
 
     def run_until(self, t: float, *, stop: Callable[[], bool] | None = None) -> bool:
         """Process happenings up to time `t`; return True if `stop()` became true first."""
-        while self._heap and self._heap[0][0] <= t:
-            when, _seq, action = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][0] <= t:
+            when, _seq, action = heapq.heappop(heap)
             self.now = when
+            self.events_processed += 1
             action()
             if stop is not None and stop():
                 return True
@@ -224,15 +291,31 @@ class World:
         if not sim.alive:
             return
         node = sim.node
-        effects = node.handle(event, self.now + sim.skew_s)
+        effects = node.handle(event, self.clock_of(sim))
         self._run_effects(sim, node, effects)
-        self._arm_timer(sim, node)
+        if self.timer_quantum_s <= 0:
+            self._arm_timer(sim, node)
+            return
+        self._dirty[sim.node_id] = sim
+        if not self._sweep_pending:
+            self._sweep_pending = True
+            self._schedule(self.timer_quantum_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Re-arm the timers of every node that handled an input since the last sweep."""
+        dirty, self._dirty = self._dirty, {}
+        self._sweep_pending = False
+        for sim in dirty.values():
+            if sim.alive:
+                self._arm_timer(sim, sim.node)
 
     def _arm_timer(self, sim: SimNode, node: Node) -> None:
         deadline = node.next_deadline()
         if deadline is None:
             return
-        at = max(self.now, deadline - sim.skew_s)
+        # Without the epsilon, `deadline - skew` can round to `now` while `now + skew`
+        # rounds below `deadline`: the node sees nothing due and the timer re-fires forever.
+        at = max(self.now, deadline - CLOCK_ORIGIN_S - sim.skew_s + TIMER_EPSILON_S)
         if sim.timer_at is not None and sim.timer_at <= at and sim.timer_at >= self.now:
             return
         sim.timer_at = at
@@ -268,9 +351,12 @@ class World:
                 self._connect(sim.node_id, effect.peer_id)
             elif isinstance(effect, Disconnect):
                 peer = effect.peer_id
-                self._schedule(
-                    self.link.latency_s, lambda p=peer, s=sim.node_id: self._input(p, LinkDown(s))
-                )
+                down = LinkDown(sim.node_id)
+                self._schedule(self.link.latency_s, partial(self._input, peer, down))
+
+    def clock_of(self, sim: SimNode) -> float:
+        """Return what a node's clock reads now (world time + origin + its skew)."""
+        return self.now + CLOCK_ORIGIN_S + sim.skew_s
 
     def reachable(self, a: str, b: str) -> bool:
         """Return True if frames can flow between two live nodes now."""
@@ -286,12 +372,23 @@ class World:
             self._schedule(CONNECT_TIMEOUT_S, lambda: self._input(a, LinkDown(b)))
 
     def _transmit(self, src: str, dst: str, frame: bytes) -> None:
+        size = len(frame)
+        sender = self.nodes[src]
+        sender.frames_sent += 1
+        sender.bytes_sent += size
+        kind = int.from_bytes(frame[8:10], "big")
+        tally = self._traffic.get(kind)
+        if tally is None:
+            self._traffic[kind] = [1, size]
+        else:
+            tally[0] += 1
+            tally[1] += size
         link = self.link
         if not self.reachable(src, dst) or self.rng.random() < link.loss:
             self.frames_dropped += 1
             return
         key = (src, dst)
-        serialise = len(frame) * 8 / link.bandwidth_bps
+        serialise = size * 8 / link.bandwidth_bps
         start = max(self.now, self._busy_until.get(key, 0.0))
         self._busy_until[key] = start + serialise
         copies = 2 if self.rng.random() < link.duplicate else 1
@@ -308,6 +405,17 @@ class World:
         self._input(dst, FrameReceived(src, frame))
 
     # ----------------------------------------------------------------- observing
+
+    def traffic_by_type(self) -> dict[str, tuple[int, int]]:
+        """Return (frames, bytes) handed to the network so far, by message type name."""
+        out: dict[str, tuple[int, int]] = {}
+        for kind, (frames, size) in sorted(self._traffic.items()):
+            try:
+                name = MsgType(kind).name
+            except ValueError:
+                name = f"0x{kind:04x}"
+            out[name] = (frames, size)
+        return out
 
     def live(self) -> list[SimNode]:
         """Return the live nodes in id order."""

@@ -6,7 +6,7 @@ import struct
 from dataclasses import replace
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 

@@ -154,7 +154,7 @@ def test_ring_matches_simple_model(
 ) -> None:
     log = EventLog(capacity=capacity, retention_ms=retention)
     model: list[MemoryEvent] = []
-    wall, top = 1_000, 1_000
+    wall, top = 1_000, 0  # top: highest wall_ms of an appended event
     for tier, step in steps:
         wall = max(0, wall + step)
         top = max(top, wall)

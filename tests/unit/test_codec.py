@@ -6,7 +6,7 @@ import hashlib
 import os
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import pytest
 
 from mesh.codec import (
@@ -325,3 +325,18 @@ def test_header_is_the_frames_header() -> None:
     assert fields[3] == MsgType.RESUME
     assert fields[6] == len(data) - HEADER_SIZE
     assert fields[7] == 99
+
+
+@pytest.mark.parametrize(("msg", "msg_type"), EXAMPLES)
+def test_deeply_nested_values_in_any_field(msg: Message, msg_type: MsgType) -> None:
+    deep = b"\x91" * 1000 + b"\xc0"  # [[[...[nil]...]]], deeper than the recursion limit
+    fields = msgpack.unpackb(encode_message(msg, flags=Flags.NONE)[HEADER_SIZE:])
+    if not isinstance(fields, list):  # compressed payloads are not part of this test
+        return
+    for at in range(1, len(fields)):
+        parts = [msgpack.packb(x, use_bin_type=True) for x in fields]
+        parts[at] = deep
+        payload = bytes([0x90 | len(fields)]) + b"".join(parts)
+        frame = encode_frame(Frame(msg_type, payload, batch_count=batch_count_of(msg)))
+        with pytest.raises(MessageError):
+            decode_message(frame)

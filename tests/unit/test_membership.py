@@ -164,6 +164,17 @@ def test_refutation_bumps_incarnation_and_gossips_alive_first(state: MemberState
     assert m.gossip_for("p")[0] == MemberUpdate("me", A, 5)
 
 
+def test_stale_accusation_about_self_is_answered_with_current_alive() -> None:
+    m = Membership("me", SwimConfig.lan(), random.Random(0), incarnation=3)
+    m.add("p", 0.0)
+    while m.gossip_for("p"):  # exhaust the start-up gossip
+        pass
+    (ack,) = m.on_ping("p", Ping(1, (up("me", D, 1),)), 1.0)
+    assert isinstance(ack.message, PingAck)
+    assert ack.message.gossip == (MemberUpdate("me", A, 3),)
+    assert m.incarnation == 3 and m.refutations == 0
+
+
 def test_suspect_then_refuted_counts_false_suspicion() -> None:
     m = Membership("me", SwimConfig.lan(), random.Random(0))
     m.apply_gossip([up("x", S, 0)], 1.0)
@@ -288,21 +299,19 @@ def crash_detection_times(seed: int, config: SwimConfig) -> list[float]:
     return sorted(seen.values())
 
 
-def test_crashed_node_declared_dead_by_everyone_lan_preset() -> None:
-    # With a 0.5 s period the wait until some survivor first probes the victim is random
-    # (9 independent shuffles): about 1 crash in 15 takes longer than 2 s to be seen by all.
+def test_crashed_node_declared_dead_within_2s_lan_preset() -> None:
     worst = sorted(crash_detection_times(seed, SwimConfig.lan())[-1] for seed in range(40))
     print("LAN preset, all survivors DEAD after (s):", [round(w, 2) for w in worst])
-    assert statistics.median(worst) <= 1.6
-    assert sum(w <= 2.0 for w in worst) >= 0.85 * len(worst)
-    assert worst[-1] <= 4.0
-
-
-def test_crashed_node_declared_dead_within_2s_with_a_shorter_period() -> None:
-    fast = SwimConfig(protocol_period=0.25, ack_timeout=0.1, suspicion_mult=1.5, suspicion_min=0.4)
-    worst = sorted(crash_detection_times(seed, fast)[-1] for seed in range(40))
-    print("period 0.25 s, all survivors DEAD after (s):", [round(w, 2) for w in worst])
     assert worst[-1] <= 2.0
+
+
+def test_a_half_second_period_misses_the_2s_target_sometimes() -> None:
+    # Why lan() uses 0.25 s: with 0.5 s the wait until some survivor first probes the
+    # victim (9 independent shuffles) exceeds 2 s for about 1 crash in 15.
+    slow = SwimConfig(protocol_period=0.5, ack_timeout=0.2)
+    worst = sorted(crash_detection_times(seed, slow)[-1] for seed in range(40))
+    assert statistics.median(worst) <= 1.6
+    assert worst[-1] > 2.0
 
 
 def lossy_run(loss: float, indirect: int, seed: int = 11) -> Router:
@@ -331,8 +340,9 @@ def test_lossy_network_indirect_probes_and_refutation_keep_everyone_alive() -> N
         assert m.alive() == sorted(set(r.ids) - {i})  # everyone ALIVE in the end
 
 
-def test_partition_heals_and_everyone_is_alive_again() -> None:
-    r = Router(10, seed=5)
+@pytest.mark.parametrize("seed", [5, 7, 23])  # 7 once hung: a refutation ran out of retransmits
+def test_partition_heals_and_everyone_is_alive_again(seed: int) -> None:
+    r = Router(10, seed=seed)
     r.run_until(5.0)
     r.group = {i: 1 for i in r.ids[:5]}
     r.run_until(15.0)

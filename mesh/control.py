@@ -1,0 +1,114 @@
+"""The local control socket: the CLI talks to a running daemon through `DATA/control.sock`.
+
+One JSON object per line each way. The socket file is owner-only (0600) inside the
+owner-only data directory, so only the user who runs the daemon can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST_BYTES = 64 << 20
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """The daemon refused or failed a request; the message says why."""
+
+
+def socket_path(data_dir: Path) -> Path:
+    """Return where the daemon of `data_dir` listens."""
+    return data_dir / SOCKET_NAME
+
+
+class ControlServer:
+    """Serves requests to `handler(request) -> result` on the data directory's socket."""
+
+    def __init__(self, data_dir: Path, handler: Handler) -> None:
+        """Prepare to listen on `data_dir/control.sock`."""
+        self._path = socket_path(data_dir)
+        self._handler = handler
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> ControlServer:
+        """Start listening (a stale socket file from a crashed daemon is replaced)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self._path), limit=MAX_REQUEST_BYTES
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self._path, 0o600)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop listening and remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise ValueError("a request is a JSON object")
+                    result = await self._handler(request)
+                    reply: dict[str, Any] = {"ok": True, "result": result}
+                except Exception as exc:  # every failure is reported, never crashes the daemon
+                    reply = {
+                        "ok": False,
+                        "error": str(exc) or type(exc).__name__,
+                        "type": type(exc).__name__,
+                    }
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def daemon_running(data_dir: Path) -> bool:
+    """Return True if a daemon answers on `data_dir`'s control socket."""
+    path = socket_path(data_dir)
+    if not path.exists():
+        return False
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(path))
+        return True
+    return False
+
+
+def call(data_dir: Path, op: str, timeout: float = 60.0, **fields: Any) -> Any:
+    """Send one request to the daemon and return its result; raise ControlError if refused."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path(data_dir)))
+        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ControlError("the daemon closed the connection")
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "request failed"))
+    return reply.get("result")

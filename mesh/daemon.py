@@ -1,0 +1,272 @@
+"""`memmesh run`: one node on the LAN — store, Node, WebRTC, mDNS, control socket, metrics.
+
+This module only composes adapters; every protocol decision is the Node's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crdt.item import MemoryItem
+from discovery.mdns import MdnsDiscovery
+from discovery.records import PeerRecord
+from mesh.api import Mesh
+from mesh.cli_net import run_in_daemon
+from mesh.control import ControlServer
+from mesh.joining import MeshSetup, load_setup
+from mesh.node import Node
+from mesh.profiles import Profile, detect, node_config
+from mesh.runtime import NodeRuntime
+from mesh.webrtc import WebRtcTransport
+
+log = logging.getLogger("memmesh.daemon")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """What `memmesh run` was asked for."""
+
+    data_dir: Path
+    profile: Profile | None = None
+    interfaces: tuple[str, ...] = ()
+    signaling_port: int = 0
+    metrics_port: int | None = None
+
+
+def item_json(item: MemoryItem) -> dict[str, Any]:
+    """Return an item as JSON with its embedding as a list (CLI contract keys included)."""
+    return item.to_json()
+
+
+class Daemon:
+    """A running node; `serve()` until a signal or `stop()`."""
+
+    def __init__(self, options: DaemonOptions) -> None:
+        """Prepare; nothing is opened until `serve()`."""
+        self.options = options
+        self._stop = asyncio.Event()
+        self.setup: MeshSetup | None = None
+        self.mesh: Mesh | None = None
+        self.runtime: NodeRuntime | None = None
+        self.transport: WebRtcTransport | None = None
+        self.discovery: MdnsDiscovery | None = None
+        self.profile = Profile.STANDARD
+        self.started_at = time.time()
+
+    def stop(self) -> None:
+        """Ask `serve()` to shut down gracefully."""
+        self._stop.set()
+
+    async def serve(self) -> None:
+        """Run until stopped; flush and close everything on the way out."""
+        options = self.options
+        setup = load_setup(options.data_dir)
+        self.setup = setup
+        detected, on_battery = detect()
+        self.profile = options.profile or detected
+        config = node_config(self.profile, on_battery=on_battery)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
+        async with Mesh.open(options.data_dir, config=config.memory) as mesh:
+            self.mesh = mesh
+            node = Node(mesh.memory, config, random.Random(os.urandom(16)))
+            committer = mesh._running()
+            holder: dict[str, NodeRuntime] = {}
+            host = options.interfaces[0] if len(options.interfaces) == 1 else "0.0.0.0"
+            transport = WebRtcTransport(
+                setup.identity,
+                setup.credentials,
+                host=host,
+                port=options.signaling_port,
+                tiers=config.tiers,
+                profile=self.profile.value,
+                on_link_up=lambda peer, address: holder["rt"].link_up(peer, address),
+                on_link_down=lambda peer: holder["rt"].link_down(peer),
+                on_frame=lambda peer, data: holder["rt"].frame(peer, data),
+                on_refused=lambda address, reason: log.warning(
+                    "refused signaling from %s: %s", address, reason
+                ),
+            )
+            runtime = NodeRuntime(node, committer, transport, on_events=mesh.notify)
+            holder["rt"] = runtime
+            self.runtime, self.transport = runtime, transport
+            async with transport, runtime:
+                mesh.attach(runtime)
+                me = PeerRecord(
+                    node_id=setup.identity.node_id,
+                    mesh_id=setup.credentials.mesh_id,
+                    address=host,
+                    port=transport.port,
+                    protocol_version=2,
+                    tiers=config.tiers,
+                    profile=self.profile.value,
+                    hub_eligible=config.hub_eligible,
+                )
+                discovery = MdnsDiscovery(
+                    me,
+                    interfaces=list(options.interfaces) or None,
+                    on_found=self._found,
+                    on_lost=runtime.peer_lost,
+                )
+                self.discovery = discovery
+                async with discovery, ControlServer(options.data_dir, self.handle):
+                    metrics = await self._start_metrics()
+                    log.info(
+                        "node %s up: mesh %s, profile %s, signaling port %d",
+                        setup.identity.node_id,
+                        setup.credentials.mesh_id,
+                        self.profile.value,
+                        transport.port,
+                    )
+                    await self._stop.wait()
+                    log.info("shutting down: flushing")
+                    if metrics is not None:
+                        metrics.close()
+                mesh.attach(None)
+
+    def _found(self, record: PeerRecord) -> None:
+        assert self.runtime is not None
+        log.info("discovered %s at %s:%d", record.node_id, record.address, record.port)
+        self.runtime.peer_found(record.node_id, record.address, record.port, record.tiers)
+
+    # ----------------------------------------------------------------- control
+
+    async def handle(self, request: dict[str, Any]) -> Any:
+        """Serve one control request: a CLI data command, status, or peers."""
+        mesh = self.mesh
+        assert mesh is not None
+        op = request.get("op")
+        if op == "cli":
+            argv = request.get("argv")
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ValueError("cli request needs argv: a list of strings")
+            return await run_in_daemon(mesh, argv, {"status": self.status()})
+        if op == "status":
+            return self.status()
+        if op == "peers":
+            return self.peers()
+        raise ValueError(f"unknown control op {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        """Return the node's status (the `memmesh status --json` contract)."""
+        mesh, setup, runtime = self.mesh, self.setup, self.runtime
+        assert mesh is not None and setup is not None and runtime is not None
+        status = mesh.status()
+        status.update(
+            mesh_id=setup.credentials.mesh_id,
+            profile=self.profile.value,
+            replicated_tiers=list(runtime.node.config.tiers),
+            peers=len(runtime.node.links),
+            members=len(runtime.node.membership.alive()),
+            hub=None,
+            uptime_s=round(time.time() - self.started_at, 1),
+            transfers=[
+                {
+                    "peer": t.peer_id,
+                    "tier": t.tier,
+                    "bytes_done": t.bytes_done,
+                    "bytes_total": t.bytes_total,
+                    "items_total": t.items_total,
+                }
+                for t in runtime.node.transfers()
+            ],
+        )
+        return status
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Return every known peer (the `memmesh peers --json` contract)."""
+        runtime, transport = self.runtime, self.transport
+        assert runtime is not None and transport is not None
+        links = transport.links()
+        rows = []
+        members = runtime.node.membership.members()
+        for peer_id in sorted(set(members) | set(links) | set(runtime.addresses)):
+            if peer_id == runtime.node.node_id:
+                continue
+            link = links.get(peer_id)
+            where = runtime.addresses.get(peer_id)
+            member = members.get(peer_id)
+            rows.append(
+                {
+                    "id": peer_id,
+                    "address": getattr(link, "address", None)
+                    or (f"{where.address}:{where.port}" if where else ""),
+                    "state": getattr(link, "state", "closed") if link else "closed",
+                    "member": member.state.name.lower() if member else "unknown",
+                    "rtt_ms": getattr(link, "rtt_ms", None) if link else None,
+                    "bytes_in": getattr(link, "bytes_in", 0) if link else 0,
+                    "bytes_out": getattr(link, "bytes_out", 0) if link else 0,
+                    "last_sync": {
+                        tier: at
+                        for (author, tier), at in runtime.stats.last_sync.items()
+                        if author == peer_id
+                    },
+                }
+            )
+        return rows
+
+    # ----------------------------------------------------------------- metrics
+
+    async def _start_metrics(self) -> asyncio.AbstractServer | None:
+        port = self.options.metrics_port
+        if port is None:
+            return None
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.readline()
+                body = self.metrics_text().encode()
+                writer.write(
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+            writer.close()
+
+        return await asyncio.start_server(serve, host="127.0.0.1", port=port)
+
+    def metrics_text(self) -> str:
+        """Return Prometheus text exposition of the node's counters."""
+        runtime, mesh = self.runtime, self.mesh
+        assert runtime is not None and mesh is not None
+        counters = runtime.node.counters
+        lines = [
+            f"memmesh_frames_out_total {counters.frames_out}",
+            f"memmesh_bytes_out_total {counters.bytes_out}",
+            f"memmesh_frames_in_total {counters.frames_in}",
+            f"memmesh_bytes_in_total {counters.bytes_in}",
+            f"memmesh_bad_frames_total {counters.bad_frames}",
+            f"memmesh_peers {len(runtime.node.links)}",
+            f"memshadow_conflicts_total {mesh.memory.stats.conflicts_detected}",
+        ]
+        for tier in mesh.memory.tiers:
+            lines.append(f'memmesh_items{{tier="{tier}"}} {mesh.memory.count(tier)}')
+        return "\n".join(lines) + "\n"
+
+
+def dump_tasks() -> None:
+    """Log the stack of every asyncio task (`kill -USR2 PID`): for a stuck daemon."""
+    for task in asyncio.all_tasks():
+        stream = io.StringIO()
+        task.print_stack(file=stream)
+        log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
+
+
+def run_daemon(options: DaemonOptions) -> None:
+    """Run a daemon in this process until SIGINT/SIGTERM."""
+    asyncio.run(Daemon(options).serve())

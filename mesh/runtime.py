@@ -1,0 +1,266 @@
+"""The asyncio driver of the sans-IO Node: timers, transport, discovery and the store.
+
+Every input goes through `submit`, which calls `Node.handle` and queues the effects. One
+executor task carries them out strictly in order; a `Persist` is committed before any
+later effect runs, so nothing is sent or acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt.events import MemoryEvent
+from mesh.committer import GroupCommitter
+from mesh.effects import (
+    Connect,
+    Disconnect,
+    Effect,
+    Emit,
+    Log,
+    Persist,
+    QueryAnswered,
+    Send,
+    WriteAcked,
+    WriteFailed,
+)
+from mesh.frames import Priority
+from mesh.inputs import FrameReceived, Input, LinkDown, LinkUp, PeerFound, PeerLost, Tick
+from mesh.node import Node
+from mesh.ports import Transport
+
+log = logging.getLogger("memmesh.runtime")
+
+
+class WriteError(Exception):
+    """A write failed; `applied` says whether it is nevertheless committed locally."""
+
+    def __init__(self, reason: str, *, applied: bool) -> None:
+        """Carry the node's reason and whether the write is committed here."""
+        super().__init__(reason)
+        self.applied = applied
+
+
+@dataclass(slots=True)
+class PeerAddress:
+    """Where a peer's signaling endpoint is, as discovery last saw it."""
+
+    address: str
+    port: int
+    tiers: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    """What the runtime saw happen (for `memmesh peers` and logs)."""
+
+    effects_run: int = 0
+    persist_failures: int = 0
+    connect_failures: int = 0
+    last_sync: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+class NodeRuntime:
+    """Runs one Node on the event loop; use `async with` (or start/close)."""
+
+    def __init__(
+        self,
+        node: Node,
+        committer: GroupCommitter,
+        transport: Transport,
+        *,
+        on_events: Any = None,
+        clock: Any = time.time,
+    ) -> None:
+        """Wire a node to its store (through the committer) and its transport."""
+        self.node = node
+        self._committer = committer
+        self._transport = transport
+        self._on_events = on_events
+        self._clock = clock
+        self._queue: asyncio.Queue[list[Effect] | None] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connects: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._next_request = 1
+        self.addresses: dict[str, PeerAddress] = {}
+        self.stats = RuntimeStats()
+        self._closed = False
+
+    async def __aenter__(self) -> NodeRuntime:
+        """Start the timer and effect tasks."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the tasks, flushing effects already queued."""
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the executor and the timer."""
+        self._tasks = [
+            asyncio.create_task(self._execute(), name="memmesh-effects"),
+            asyncio.create_task(self._timer(), name="memmesh-timer"),
+        ]
+
+    async def close(self) -> None:
+        """Run queued effects, then stop; pending writes fail with WriteError."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._connects.values():
+            task.cancel()
+        await self._queue.put(None)
+        executor, timer = self._tasks or (None, None)
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        if executor is not None:
+            await executor
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(WriteError("node stopped", applied=True))
+
+    # ----------------------------------------------------------------- inputs
+
+    def submit(self, event: Input) -> None:
+        """Hand an input to the node now and queue its effects (never blocks)."""
+        if self._closed:
+            return
+        effects = self.node.handle(event, self._clock())
+        if effects:
+            self._queue.put_nowait(effects)
+        self._wake.set()
+
+    def new_request_id(self) -> tuple[int, asyncio.Future[Any]]:
+        """Return a request id and the future its WriteAcked/QueryAnswered resolves."""
+        request_id = self._next_request
+        self._next_request += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return request_id, future
+
+    def peer_found(self, peer_id: str, address: str, port: int, tiers: Sequence[str]) -> None:
+        """Discovery saw a peer (or its new address)."""
+        self.addresses[peer_id] = PeerAddress(address, port, tuple(tiers))
+        self.submit(PeerFound(peer_id, f"{address}:{port}", tuple(tiers)))
+
+    def peer_lost(self, peer_id: str) -> None:
+        """Discovery no longer sees a peer."""
+        self.submit(PeerLost(peer_id))
+
+    def link_up(self, peer_id: str, address: str = "") -> None:
+        """The transport opened a link."""
+        self.submit(LinkUp(peer_id))
+
+    def link_down(self, peer_id: str) -> None:
+        """The transport lost a link."""
+        self.submit(LinkDown(peer_id))
+
+    def frame(self, peer_id: str, data: bytes) -> None:
+        """The transport delivered a frame."""
+        self.submit(FrameReceived(peer_id, data))
+
+    # ----------------------------------------------------------------- loops
+
+    async def _timer(self) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up, and this loop would then never end (seen at shutdown).
+        while not self._closed:
+            deadline = self.node.next_deadline()
+            delay = 1.0 if deadline is None else max(0.0, deadline - self._clock())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, 1.0)):
+                    await self._wake.wait()
+            deadline = self.node.next_deadline()
+            if deadline is not None and self._clock() >= deadline:
+                self.submit(Tick())
+
+    async def _execute(self) -> None:
+        while True:
+            effects = await self._queue.get()
+            if effects is None:
+                return
+            await self._run(effects)
+
+    async def _run(self, effects: list[Effect]) -> None:
+        for index, effect in enumerate(effects):
+            self.stats.effects_run += 1
+            if isinstance(effect, Persist):
+                try:
+                    await self._committer.commit(effect.change)
+                except Exception as exc:  # a full disk: nothing after it may run
+                    self.stats.persist_failures += 1
+                    log.error("commit failed, %d effect(s) withheld: %s", len(effects), exc)
+                    self._fail_writes(effects[index + 1 :], str(exc))
+                    return
+            elif isinstance(effect, Send):
+                self._transport.send(
+                    effect.peer_id, effect.frame, urgent=effect.priority >= Priority.CRITICAL
+                )
+            elif isinstance(effect, Emit):
+                self._emit(effect.events)
+            elif isinstance(effect, WriteAcked):
+                self._resolve(effect.request_id, effect)
+            elif isinstance(effect, WriteFailed):
+                self._reject(effect.request_id, WriteError(effect.reason, applied=effect.applied))
+            elif isinstance(effect, QueryAnswered):
+                self._resolve(effect.request_id, effect)
+            elif isinstance(effect, Connect):
+                self._start_connect(effect.peer_id)
+            elif isinstance(effect, Disconnect):
+                self._transport.disconnect(effect.peer_id)
+            elif isinstance(effect, Log):
+                level = logging.WARNING if effect.level == "warning" else logging.INFO
+                log.log(level, "%s %s", effect.message, effect.fields)
+
+    def _emit(self, events: tuple[MemoryEvent, ...]) -> None:
+        now = self._clock()
+        for event in events:
+            if event.origin == "remote":
+                self.stats.last_sync[(event.author, event.tier)] = now
+        if self._on_events is not None:
+            self._on_events(events)
+
+    def _fail_writes(self, effects: Sequence[Effect], reason: str) -> None:
+        for effect in effects:
+            if isinstance(effect, WriteAcked):
+                self._reject(effect.request_id, WriteError(reason, applied=False))
+
+    def _resolve(self, request_id: int, value: Any) -> None:
+        future = self._waiting.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def _reject(self, request_id: int, exc: Exception) -> None:
+        future = self._waiting.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(exc)
+
+    def _start_connect(self, peer_id: str) -> None:
+        where = self.addresses.get(peer_id)
+        running = self._connects.get(peer_id)
+        if where is None or (running is not None and not running.done()):
+            if where is None:
+                self.submit(LinkDown(peer_id))
+            return
+
+        async def dial() -> None:
+            try:
+                await self._transport.connect(peer_id, where.address, where.port)
+            except Exception as exc:
+                self.stats.connect_failures += 1
+                log.info(
+                    "connect to %s at %s:%d failed: %s", peer_id, where.address, where.port, exc
+                )
+                self.submit(LinkDown(peer_id))
+
+        self._connects[peer_id] = asyncio.create_task(dial(), name=f"memmesh-dial-{peer_id}")

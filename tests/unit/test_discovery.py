@@ -1,0 +1,330 @@
+"""Discovery adapters without a network: TXT records, bootstrap parsing, static probing."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from discovery.mdns import MdnsDiscovery, instance_name, pick_address
+from discovery.records import PeerRecord
+from discovery.static import StaticDiscovery, StaticPeer, parse_bootstrap
+
+NODE = "0123456789abcdef"
+MESH = "fedcba9876543210"
+
+
+def record(**changes: object) -> PeerRecord:
+    fields: dict[str, object] = {
+        "node_id": NODE,
+        "mesh_id": MESH,
+        "address": "10.77.0.1",
+        "port": 7000,
+        "protocol_version": 2,
+        "tiers": ("L1", "L3"),
+        "profile": "desktop",
+        "hub_eligible": False,
+    }
+    fields.update(changes)
+    return PeerRecord(**fields)  # type: ignore[arg-type]
+
+
+# --- PeerRecord -------------------------------------------------------------------------
+
+
+def test_txt_is_short_string_keys_and_values() -> None:
+    assert record().to_txt() == {
+        "id": NODE,
+        "mesh": MESH,
+        "v": "2",
+        "sig": "7000",
+        "tiers": "L1,L3",
+        "prof": "desktop",
+        "hub": "0",
+    }
+
+
+@pytest.mark.parametrize(
+    "original",
+    [record(), record(hub_eligible=True, tiers=("L2",), profile="", port=65535)],
+)
+def test_txt_round_trip_as_str_and_as_zeroconf_bytes(original: PeerRecord) -> None:
+    txt = original.to_txt()
+    assert PeerRecord.from_txt(txt, original.address, 1) == original
+    as_bytes = {k.encode(): v.encode() for k, v in txt.items()}
+    assert PeerRecord.from_txt(as_bytes, original.address, 1) == original
+
+
+def test_from_txt_takes_the_srv_port_when_sig_is_absent() -> None:
+    txt = record().to_txt()
+    del txt["sig"]
+    assert PeerRecord.from_txt(txt, "10.77.0.1", 7100).port == 7100
+
+
+def test_from_txt_ignores_unknown_keys() -> None:
+    txt: dict[str, str | None] = {**record().to_txt(), "future": "x", "flag": None}
+    assert PeerRecord.from_txt(txt, "10.77.0.1", 7000) == record()
+
+
+@pytest.mark.parametrize("missing", ["id", "mesh", "v", "tiers", "prof", "hub"])
+def test_from_txt_rejects_a_missing_key(missing: str) -> None:
+    txt = record().to_txt()
+    del txt[missing]
+    with pytest.raises(ValueError, match=repr(missing)):
+        PeerRecord.from_txt(txt, "10.77.0.1", 7000)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("id", "0123"),  # too short
+        ("id", "0123456789ABCDEF"),  # not lowercase hex
+        ("id", "0123456789abcdeg"),
+        ("mesh", ""),
+        ("v", "two"),
+        ("v", "²"),
+        ("sig", "0"),
+        ("sig", "70000"),
+        ("sig", "-1"),
+        ("tiers", ""),
+        ("tiers", "L1,L4"),
+        ("tiers", "L1,L1"),
+        ("tiers", "l1"),
+        ("hub", "yes"),
+        ("prof", "x" * 33),
+        ("prof", "has space"),
+    ],
+)
+def test_from_txt_rejects_an_invalid_value(key: str, value: str) -> None:
+    txt = {**record().to_txt(), key: value}
+    with pytest.raises(ValueError):
+        PeerRecord.from_txt(txt, "10.77.0.1", 7000)
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        {b"id": None},
+        {b"id": b"\xff\xfe"},
+        {b"id": b"0" * 300},
+    ],
+)
+def test_from_txt_rejects_absent_or_undecodable_bytes(props: dict[bytes, bytes | None]) -> None:
+    txt = {k.encode(): v.encode() for k, v in record().to_txt().items()}
+    with pytest.raises(ValueError):
+        PeerRecord.from_txt({**txt, **props}, "10.77.0.1", 7000)
+
+
+@pytest.mark.parametrize("address", ["", "::1", "10.77.0", "host.local"])
+def test_from_txt_rejects_a_non_ipv4_address(address: str) -> None:
+    with pytest.raises(ValueError, match="IPv4"):
+        PeerRecord.from_txt(record().to_txt(), address, 7000)
+
+
+def test_record_fields_are_validated_on_construction() -> None:
+    with pytest.raises(ValueError):
+        record(port=0)
+    with pytest.raises(ValueError):
+        record(tiers=["L1"])
+    with pytest.raises(ValueError):
+        record(hub_eligible=1)
+
+
+# --- mDNS helpers (the network part is tests/integration/test_mdns.py) ----------------------
+
+
+def test_instance_name_derives_from_the_node_id() -> None:
+    assert instance_name(NODE) == f"memmesh-{NODE}._memmesh._tcp.local."
+
+
+def test_pick_address_prefers_our_network_then_the_newest() -> None:
+    ours = [ipaddress.IPv4Network("10.77.0.0/24")]
+    assert pick_address(["192.168.9.9", "10.77.0.5"], ours) == "10.77.0.5"
+    assert pick_address(["192.168.9.9", "172.16.0.1"], ours) == "192.168.9.9"
+
+
+def test_mdns_rejects_a_non_ipv4_interface() -> None:
+    with pytest.raises(ValueError):
+        MdnsDiscovery(record(), interfaces=["::1"], on_found=print, on_lost=print)
+
+
+async def test_mdns_without_an_interface_fails_clearly_and_closes() -> None:
+    discovery = MdnsDiscovery(record(), interfaces=[], on_found=print, on_lost=print)
+    with pytest.raises(RuntimeError, match="interface"):
+        await discovery.start()
+    await discovery.close()
+    assert discovery.peers() == {}
+
+
+# --- parse_bootstrap --------------------------------------------------------------------
+
+
+def test_parse_bootstrap_accepts_ipv4_names_and_bracketed_ipv6() -> None:
+    assert parse_bootstrap(["10.0.0.1:7000", " hub.lan:7001 ", "[fe80::1]:7002"]) == [
+        ("10.0.0.1", 7000),
+        ("hub.lan", 7001),
+        ("fe80::1", 7002),
+    ]
+
+
+def test_parse_bootstrap_drops_duplicates_keeping_order() -> None:
+    assert parse_bootstrap(["b:2", "a:1", "b:2"]) == [("b", 2), ("a", 1)]
+    assert parse_bootstrap([]) == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("10.0.0.1", "HOST:PORT"),
+        (":7000", "HOST:PORT"),
+        ("10.0.0.1:", "port must be 1-65535"),
+        ("10.0.0.1:0", "port must be 1-65535"),
+        ("10.0.0.1:65536", "port must be 1-65535"),
+        ("10.0.0.1:x", "port must be 1-65535"),
+        ("10.0.0.1:٣", "port must be 1-65535"),
+        ("10.0.0.300:7000", "not IPv4"),
+        ("fe80::1:7000", r"\[ADDR\]:PORT"),
+        ("[fe80::1]7000", r"\[IPv6\]:PORT"),
+        ("[nothex]:7000", "not IPv6"),
+        ("bad_host:7000", "not a host name"),
+        ("-x:7000", "not a host name"),
+    ],
+)
+def test_parse_bootstrap_rejects_bad_entries_naming_them(entry: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        parse_bootstrap([entry])
+    assert repr(entry) in str(caught.value)
+
+
+def test_parse_bootstrap_rejects_a_bare_string() -> None:
+    with pytest.raises(ValueError, match="list"):
+        parse_bootstrap("10.0.0.1:7000")
+
+
+# --- StaticDiscovery with a fake probe -----------------------------------------------------
+
+
+class FakeNetwork:
+    """Answers probes from a table of who listens where; records every probe."""
+
+    def __init__(self) -> None:
+        self.listening: dict[tuple[str, int], str] = {}
+        self.hanging: set[tuple[str, int]] = set()
+        self.probes: list[tuple[str, int]] = []
+
+    async def probe(self, host: str, port: int) -> str | None:
+        self.probes.append((host, port))
+        if (host, port) in self.hanging:
+            await asyncio.sleep(3600)
+        if (host, port) == ("boom", 1):
+            raise ConnectionRefusedError("refused")
+        return self.listening.get((host, port))
+
+
+class Events:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, object]] = []
+
+    def found(self, peer: StaticPeer) -> None:
+        self.log.append(("found", peer))
+
+    def lost(self, node_id: str) -> None:
+        self.log.append(("lost", node_id))
+
+
+def static(net: FakeNetwork, events: Events, addresses: list[str], **kw: float) -> StaticDiscovery:
+    return StaticDiscovery(
+        addresses, probe=net.probe, on_found=events.found, on_lost=events.lost, **kw
+    )
+
+
+async def test_static_reports_found_once_then_lost_then_found_again() -> None:
+    net, events = FakeNetwork(), Events()
+    discovery = static(net, events, ["10.0.0.1:7000", "10.0.0.2:7000"])
+    net.listening[("10.0.0.1", 7000)] = "aaaa"
+    await discovery.poll_once()
+    await discovery.poll_once()
+    assert events.log == [("found", StaticPeer("aaaa", "10.0.0.1", 7000))]
+    assert discovery.peers() == {"aaaa": StaticPeer("aaaa", "10.0.0.1", 7000)}
+
+    net.listening[("10.0.0.2", 7000)] = "bbbb"
+    del net.listening[("10.0.0.1", 7000)]
+    await discovery.poll_once()
+    assert events.log[1:] == [("lost", "aaaa"), ("found", StaticPeer("bbbb", "10.0.0.2", 7000))]
+
+    net.listening[("10.0.0.1", 7000)] = "aaaa"
+    await discovery.poll_once()
+    assert events.log[3:] == [("found", StaticPeer("aaaa", "10.0.0.1", 7000))]
+    assert set(discovery.peers()) == {"aaaa", "bbbb"}
+
+
+async def test_static_reports_a_new_node_at_the_same_address() -> None:
+    net, events = FakeNetwork(), Events()
+    discovery = static(net, events, ["10.0.0.1:7000"])
+    net.listening[("10.0.0.1", 7000)] = "aaaa"
+    await discovery.poll_once()
+    net.listening[("10.0.0.1", 7000)] = "cccc"
+    await discovery.poll_once()
+    assert events.log[1:] == [("lost", "aaaa"), ("found", StaticPeer("cccc", "10.0.0.1", 7000))]
+
+
+async def test_static_node_at_two_addresses_is_lost_only_when_both_stop() -> None:
+    net, events = FakeNetwork(), Events()
+    discovery = static(net, events, ["10.0.0.1:7000", "10.0.1.1:7000"])
+    net.listening = {("10.0.0.1", 7000): "aaaa", ("10.0.1.1", 7000): "aaaa"}
+    await discovery.poll_once()
+    del net.listening[("10.0.0.1", 7000)]
+    await discovery.poll_once()
+    assert [kind for kind, _ in events.log] == ["found"]
+    net.listening.clear()
+    await discovery.poll_once()
+    assert events.log[1:] == [("lost", "aaaa")]
+
+
+async def test_static_probe_errors_and_timeouts_count_as_no_answer() -> None:
+    net, events = FakeNetwork(), Events()
+    discovery = static(net, events, ["boom:1", "slow:2", "ok:3"], probe_timeout_s=0.05)
+    net.hanging.add(("slow", 2))
+    net.listening[("ok", 3)] = "dddd"
+    await asyncio.wait_for(discovery.poll_once(), 2.0)
+    assert events.log == [("found", StaticPeer("dddd", "ok", 3))]
+
+
+async def test_static_callback_failure_does_not_stop_probing() -> None:
+    net = FakeNetwork()
+
+    def explode(peer: StaticPeer) -> None:
+        raise RuntimeError("callback bug")
+
+    discovery = StaticDiscovery(["a:1"], probe=net.probe, on_found=explode, on_lost=print)
+    net.listening[("a", 1)] = "aaaa"
+    await discovery.poll_once()
+    assert set(discovery.peers()) == {"aaaa"}
+
+
+async def test_static_async_with_probes_periodically_and_stops_on_exit() -> None:
+    net, events = FakeNetwork(), Events()
+    net.listening[("a", 1)] = "aaaa"
+    async with static(net, events, ["a:1"], interval_s=0.01) as discovery:
+        for _ in range(200):
+            if len(net.probes) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert discovery.peers() == {"aaaa": StaticPeer("aaaa", "a", 1)}
+    assert len(net.probes) >= 3
+    count = len(net.probes)
+    await asyncio.sleep(0.05)
+    assert len(net.probes) == count
+    assert events.log == [("found", StaticPeer("aaaa", "a", 1))]
+
+
+def test_static_needs_a_probe_and_valid_settings() -> None:
+    with pytest.raises(ValueError, match="probe"):
+        StaticDiscovery(["a:1"], on_found=print, on_lost=print)
+    with pytest.raises(ValueError, match="positive"):
+        StaticDiscovery(
+            ["a:1"], probe=FakeNetwork().probe, on_found=print, on_lost=print, interval_s=0
+        )
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        StaticDiscovery(["a"], probe=FakeNetwork().probe, on_found=print, on_lost=print)
