@@ -23,6 +23,7 @@ class NodeConfig:
     random_links: int = 4
     reconnect_base_s: float = 0.5
     reconnect_max_s: float = 30.0
+    dead_retry_max_s: float = 3.0
     dedup_capacity: int = 50_000
     transfer_cache: int = 32
     query_timeout_s: float = 5.0

@@ -243,7 +243,10 @@ class Node:
     def _wanted_links(self) -> set[str]:
         alive = [p for p in self.membership.alive() if p != self.node_id]
         if len(alive) <= self.config.full_mesh_max:
-            return set(alive)
+            # Small mesh: dead members too, retried every few seconds. On a real network
+            # SWIM only speaks over links, so this is how a healed partition is found.
+            dead = [p for p in self.membership.dead() if p != self.node_id]
+            return set(alive) | set(dead)
         keep = {p for p in self._links | set(self._connecting) if p in set(alive)}
         spare = sorted(set(alive) - keep)
         self._rng.shuffle(spare)
@@ -257,7 +260,10 @@ class Node:
             if self._now < at:
                 continue
             self._connecting[peer] = self._now
-            self._retry_at[peer] = (attempts, self._now + self._backoff(attempts))
+            delay = self._backoff(attempts)
+            if self.membership.state_of(peer) is MemberState.DEAD:
+                delay = min(delay, self.config.dead_retry_max_s)
+            self._retry_at[peer] = (attempts, self._now + delay)
             effects.append(Connect(peer))
         return effects
 
