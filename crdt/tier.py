@@ -10,8 +10,9 @@ concurrently on two nodes would let one creation overwrite the other and lose a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pycrdt import Doc, Map, merge_updates
@@ -55,7 +56,7 @@ class TierDoc:
         self._captured: list[bytes] = []
         self._held: list[tuple[int, int, bytes]] = []
         self.gaps_dropped = 0
-        self._map.observe(self._on_map_event)
+        self._map_subscription: Any = self._map.observe(self._on_map_event)
         self._doc.observe(self._on_transaction)
 
     @property
@@ -105,19 +106,41 @@ class TierDoc:
         version to `record` (None deletes only). Returns the Yjs update, or None if empty.
         """
         self._captured.clear()
-        with self._doc.transaction():
-            for item_id, writer, record in writes:
-                current = self._versions.get(item_id, {})
-                for seen_writer in list(current):
-                    if seen_writer != writer or record is None:
-                        del self._map[version_key(item_id, seen_writer)]
-                if record is not None:
-                    self._map[version_key(item_id, writer)] = record
-                    self._versions[item_id] = {writer: record}
-                else:
-                    self._versions.pop(item_id, None)
+        versions = self._versions
+        # The map observer only matters for remote updates: building its event for every key
+        # written here would cost as much as the writes themselves.
+        self._map.unobserve(self._map_subscription)
+        try:
+            with self._doc.transaction() as txn:
+                insert = self._inserter(txn)
+                for item_id, writer, record in writes:
+                    current = versions.get(item_id)
+                    if current:
+                        for seen_writer in list(current):
+                            if seen_writer != writer or record is None:
+                                del self._map[version_key(item_id, seen_writer)]
+                    if record is not None:
+                        insert(f"{item_id}{KEY_SEP}{writer}", record)
+                        versions[item_id] = {writer: record}
+                    else:
+                        versions.pop(item_id, None)
+        finally:
+            self._map_subscription = self._map.observe(self._on_map_event)
         self._changed_keys.clear()
         return self._take_update()
+
+    def _inserter(self, txn: Any) -> Callable[[str, str], None]:
+        """Return a function setting a string value in the root map within `txn`.
+
+        It calls what `Map.__setitem__` ends in for a string value (the same Yjs operation),
+        without its per-call transaction bookkeeping; other pycrdt versions use the map.
+        """
+        raw_txn = getattr(txn, "_txn", None)
+        integrated = getattr(self._map, "_integrated", None)
+        insert = getattr(integrated, "insert", None)
+        if raw_txn is None or insert is None:
+            return self._map.__setitem__
+        return functools.partial(insert, raw_txn)
 
     def remove_all(self, item_ids: Iterable[str]) -> bytes | None:
         """Delete every version of each item (tombstone collection); return the update."""
@@ -137,6 +160,10 @@ class TierDoc:
         except WireFormatError as exc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         if head is not None and head[1] > self._clock_of(head[0]):
+            try:  # parse it now (in a scratch document) so garbage is refused, not held
+                Doc().apply_update(update)
+            except ValueError as exc:
+                raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
             self._hold(head[0], head[1], update)
             return set()
         changed = self._integrate(update)

@@ -118,7 +118,7 @@ class Node:
         self._connecting: dict[str, float] = {}
         self._retry_at: dict[str, tuple[int, float]] = {}
         self._peer_tiers: dict[str, tuple[str, ...]] = {}
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, bool] = OrderedDict()  # flooded key -> committed
         self._step1_sent: dict[tuple[str, str], float] = {}
         self._transfers: OrderedDict[bytes, list[bytes]] = OrderedDict()
         self._incoming: dict[tuple[str, bytes], TransferProgress] = {}
@@ -296,6 +296,9 @@ class Node:
         for tier in self._shared_tiers(peer_id):
             if tier in resuming:
                 transfer_id = resuming[tier]
+                # Resuming is our sync request for this tier: without this, their STEP1
+                # would make us ask for the whole body again beside the resumed pieces.
+                self._step1_sent[(peer_id, tier)] = self._now
                 effects.append(
                     self._send(
                         peer_id,
@@ -387,9 +390,9 @@ class Node:
             )
             if key in self._seen:
                 self.counters.duplicates_dropped += 1
-                # Ack again only a whole batch applied here; a repeated piece of a chunked
-                # body says nothing about whether the body is complete (acked once, below).
-                if message.chunk is None and message.tier in self.config.tiers:
+                # Ack again only a whole batch committed here: not one held back behind a
+                # missing update, nor a piece of a chunked body (acked once, when complete).
+                if self._seen[key]:
                     return self._ack_if_asked(frame, message)
                 return []
             self._remember(key)
@@ -409,10 +412,17 @@ class Node:
             return effects
         if message.kind is SyncKind.STEP1:
             return effects + self._answer_step1(peer_id, message.tier, body)
+        doc = self.memory.tier_doc(message.tier)
+        held, dropped = doc.held_updates, doc.gaps_dropped
         change = self.memory.apply_remote(message.tier, body, int(self._now * 1000))
         self.counters.syncs_applied += 1
         effects.extend(self._persist(change))
-        effects.extend(self._ack_if_asked(frame, message))
+        if doc.held_updates <= held and doc.gaps_dropped == dropped:
+            # Integrated and persisted. An update held back until a missing one arrives is
+            # not committed yet: acking it would claim durability it does not have.
+            if flooded and message.chunk is None:
+                self._seen[key] = True
+            effects.extend(self._ack_if_asked(frame, message))
         if flooded and message.chunk is None:
             effects.extend(self._forward(peer_id, message, raw, frame.priority))
         if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
@@ -449,7 +459,7 @@ class Node:
         ]
 
     def _remember(self, key: bytes) -> None:
-        self._seen[key] = None
+        self._seen[key] = False
         while len(self._seen) > self.config.dedup_capacity:
             self._seen.popitem(last=False)
 
@@ -563,8 +573,14 @@ class Node:
             peers = [p for p in sorted(self._links) if batch.tier in self._shared_tiers(p)]
             effects.extend(self._send_sync(peers, message, batch.priority, flags))
         for write in writes:
+            # "all" means every live member that replicates what the write touched: a
+            # phone keeping only L1 never acks an L3 write.
             required = (
-                [p for p in self.membership.alive() if p != self.node_id]
+                [
+                    p
+                    for p in self.membership.alive()
+                    if p != self.node_id and write.tiers <= set(self._shared_tiers(p))
+                ]
                 if write.level is AckLevel.ALL
                 else []
             )
