@@ -15,12 +15,14 @@ character from / not from a set. A pattern without wildcards is an exact address
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from itertools import pairwise
+from json.encoder import encode_basestring_ascii as _json_ascii  # what json.dumps uses
 from typing import Final
 
 from crdt.errors import MemmeshError
@@ -89,6 +91,19 @@ class MemoryEvent:
             "detail": dict(self.detail),
         }
 
+    def to_json_text(self) -> str:
+        """Return `json.dumps(self.to_json(), separators=(",", ":"))` (quicker for no detail)."""
+        if self.detail or type(self.seq) is not int or type(self.wall_ms) is not int:
+            return json.dumps(self.to_json(), separators=(",", ":"))
+        strings = (self.hlc, self.tier, self.item_id, self.kind.value, self.origin, self.author)
+        if any(type(value) is not str for value in strings):
+            return json.dumps(self.to_json(), separators=(",", ":"))
+        hlc, tier, item_id, kind, origin, author = map(_json_ascii, strings)
+        return (
+            f'{{"seq":{self.seq},"hlc":{hlc},"wall_ms":{self.wall_ms},"tier":{tier},'
+            f'"item_id":{item_id},"kind":{kind},"origin":{origin},"author":{author},"detail":{{}}}}'
+        )
+
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> MemoryEvent:
         """Parse the output of `to_json`; raise ValueError on missing or mistyped fields."""
@@ -106,6 +121,14 @@ class MemoryEvent:
             author=_json_str(d, "author"),
             detail={str(k): v for k, v in detail.items()},
         )
+
+
+_EVENT_FIELDS = (
+    "seq", "hlc", "wall_ms", "tier", "item_id", "kind", "origin", "author", "detail",
+)  # fmt: skip
+if tuple(f.name for f in fields(MemoryEvent)) != _EVENT_FIELDS:  # pragma: no cover
+    raise RuntimeError("MemoryEvent fields changed: update EventLog.append_many")
+_EVENT_SETTERS = tuple(getattr(MemoryEvent, name).__set__ for name in _EVENT_FIELDS)
 
 
 def _json_int(d: Mapping[str, object], key: str) -> int:
@@ -290,6 +313,64 @@ class EventLog:
         if self._retention is not None:
             self._expire(self._max_wall - self._retention, keep=1)
         return ev
+
+    def append_many(
+        self,
+        *,
+        kind: EventKind,
+        origin: str,
+        entries: Iterable[tuple[str, int, str, str, str]],
+    ) -> list[MemoryEvent]:
+        """Append one event per `(hlc, wall_ms, tier, item_id, author)` with an empty detail.
+
+        Gives the same events and the same log as calling `append` for each in order.
+        """
+        out: list[MemoryEvent] = []
+        buf, addr, cap, retention = self._buf, self._addr, self._cap, self._retention
+        checked = False
+        (
+            set_seq, set_hlc, set_wall_ms, set_tier, set_item_id, set_kind, set_origin,
+            set_author, set_detail,
+        ) = _EVENT_SETTERS  # fmt: skip
+        new = object.__new__
+        for hlc, wall_ms, tier, item_id, author in entries:
+            if not checked:  # raise as the first append would
+                kind = EventKind(kind)
+                if origin not in ORIGINS:
+                    raise ValueError(f"origin must be 'local' or 'remote', got {origin!r}")
+                checked = True
+            seq = self._next
+            if seq < 1 or not tier or "/" in tier or "/" in item_id:
+                MemoryEvent(seq, hlc, wall_ms, tier, item_id, kind, origin, author, {})  # raises
+            # What MemoryEvent(...) builds once __post_init__'s checks pass, quicker.
+            ev = new(MemoryEvent)
+            set_seq(ev, seq)
+            set_hlc(ev, hlc)
+            set_wall_ms(ev, wall_ms)
+            set_tier(ev, tier)
+            set_item_id(ev, item_id)
+            set_kind(ev, kind)
+            set_origin(ev, origin)
+            set_author(ev, author)
+            set_detail(ev, {})
+            if seq - self._first >= cap:
+                self._drop_head()
+            i = self._head + (seq - self._first)
+            if i >= cap:
+                i -= cap
+            buf[i] = ev
+            addr[i] = f"{tier}/{item_id}"
+            self._next = seq + 1
+            self._last = seq
+            self._count += 1
+            if self._max_wall is None or wall_ms > self._max_wall:
+                self._max_wall = wall_ms
+            if retention is not None:
+                head = buf[self._head]
+                if head is not None and head.wall_ms < self._max_wall - retention:
+                    self._expire(self._max_wall - retention, keep=1)
+            out.append(ev)
+        return out
 
     def evict_expired(self, now_ms: int) -> int:
         """Evict, from the oldest end, events with wall_ms < now_ms - retention; return count."""

@@ -10,21 +10,40 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 from crdt.cache import EmbeddingReducer, LruCache
 from crdt.codecs import FloatVector, as_vector
 from crdt.config import MemoryConfig
-from crdt.errors import ClockDriftError, CorruptRecordError, ItemNotFoundError
+from crdt.errors import ClockDriftError, CorruptRecordError, InvalidItemError, ItemNotFoundError
 from crdt.events import EventKind, EventLog, MemoryEvent
 from crdt.hlc import HybridLogicalClock, Timestamp
-from crdt.item import MemoryItem, build_item, check_item_id, check_tier, from_record, tombstone
+from crdt.item import (
+    ITEM_ID_PATTERN,
+    MemoryItem,
+    QuickFields,
+    build_item,
+    check_item_id,
+    check_tier,
+    embedding_text,
+    from_record,
+    live_record_text,
+    new_live_item,
+    quantise_rows,
+    quick_fields,
+    tombstone,
+)
 from crdt.item import to_record as encode_record
 from crdt.merkle import MerkleDigest
 from crdt.search import SearchHit, VectorIndex
 from crdt.tier import TierDoc
 
 L0 = "L0"
+_PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_CHUNK_ELEMENTS = 1 << 17  # embedding components per numpy pass of a batched put
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +161,9 @@ class TieredMemory:
 
         When one batch names an id more than once, the last request for it wins.
         """
+        fast = self._put_new(requests, now_ms)
+        if fast is not None:
+            return fast
         last_index = {request.id: index for index, request in enumerate(requests)}
         built: list[MemoryItem] = []
         for index, request in enumerate(requests):
@@ -178,6 +200,177 @@ class TieredMemory:
             self._refresh(item.id, item.tier, origin="local", known=item)
             events.append(self._event(item.tier, item.id, EventKind.PUT, "local", item))
         return self._change(updates, events, items=built)
+
+    def _put_new(self, requests: Sequence[NewItem], now_ms: int) -> Change | None:
+        """Do `put_many` per batch for new, distinct ids of the common shapes.
+
+        Returns None, having changed nothing, unless every request names a valid tier and an
+        id unknown here and unique in the batch, with fields `quick_fields` accepts and an
+        embedding that is absent or valid; the general path then handles the batch (and
+        raises the usual InvalidItemError for a bad request). Otherwise it stores exactly
+        what the general path would: same timestamps, records, updates, digests, index and
+        events. A new id has one version, so there is nothing to resolve, collapse or report.
+        """
+        tiers = self._tiers
+        where = self._where
+        limits = self.config.limits
+        max_dim = limits.max_dim
+        fullmatch = ITEM_ID_PATTERN.fullmatch
+        seen: set[str] = set()
+        fields: list[QuickFields] = []
+        vectors: list[Any] = []
+        groups: dict[str, dict[int, list[int]]] = {}  # tier -> dim -> request indices
+        for index, request in enumerate(requests):
+            tier, item_id = request.tier, request.id
+            if (
+                type(tier) is not str
+                or tier not in tiers
+                or type(item_id) is not str
+                or item_id in seen
+                or item_id in where
+                or fullmatch(item_id) is None
+                or item_id in tiers[tier]
+            ):
+                return None
+            seen.add(item_id)
+            quick = quick_fields(
+                request.content,
+                request.metadata,
+                request.tags,
+                request.citations,
+                request.confidence,
+                limits,
+            )
+            if quick is None:
+                return None
+            fields.append(quick)
+            vector = request.embedding
+            if vector is not None:
+                if not (
+                    type(vector) is np.ndarray
+                    and vector.ndim == 1
+                    and vector.dtype in _PLAIN_FLOATS
+                    and 1 <= vector.shape[0] <= max_dim
+                ):
+                    try:
+                        vector = as_vector(vector, max_dim=max_dim)
+                    except InvalidItemError:
+                        return None
+                by_dim = groups.get(tier)
+                if by_dim is None:
+                    by_dim = groups[tier] = {}
+                indices = by_dim.get(vector.shape[0])
+                if indices is None:
+                    by_dim[vector.shape[0]] = [index]
+                else:
+                    indices.append(index)
+            vectors.append(vector)
+        # Embeddings are quantised a chunk of rows at a time: bounded temporaries, so a big
+        # batch does not leave the allocator holding large freed blocks (RSS).
+        chunks: list[tuple[str, int, list[int]]] = []  # tier, dim, request indices
+        encoded: list[Any] = [None] * len(requests)  # per row: encode_embedding's bytes
+        for tier, by_dim in groups.items():
+            codec = self.config.policy(tier).codec
+            for dim, indices in by_dim.items():
+                step = max(1, _CHUNK_ELEMENTS // dim)
+                for start in range(0, len(indices), step):
+                    part = indices[start : start + step]
+                    matrix = np.array([vectors[i] for i in part], dtype=np.float32)
+                    quantised = quantise_rows(matrix, codec)
+                    if quantised is None:
+                        return None
+                    for index, vector, raw_row in zip(part, *quantised, strict=True):
+                        vectors[index] = vector
+                        encoded[index] = raw_row
+                    chunks.append((tier, dim, part))
+
+        # Everything is valid: from here on the batch is written. (Parallel lists and zip
+        # rather than a tuple per item: fewer live objects for the cyclic GC to chase.)
+        tick = self.clock.tick
+        author = self.node_id
+        codecs = {t: self.config.policy(t).codec for t in tiers}
+        built: list[MemoryItem] = []
+        stamps: list[str] = []
+        walls: list[int] = []
+        per_tier: dict[str, tuple[list[str], list[str]]] = {t: ([], []) for t in tiers}
+        for request, quick, vector, raw_row in zip(requests, fields, vectors, encoded, strict=True):
+            content, digest, meta, meta_json, tags, cites, conf = quick
+            ts = tick(now_ms)
+            stamp = ts.encode()
+            tier = request.tier
+            item = new_live_item(
+                request.id, tier, content, digest, vector, meta, tags, cites, conf, ts, ts,
+                author, codecs[tier],
+            )  # fmt: skip
+            built.append(item)
+            stamps.append(stamp)
+            walls.append(ts.wall_ms)
+            ids, records = per_tier[tier]
+            ids.append(request.id)
+            # base64 here, not per chunk: each text is freed as soon as its record is built
+            vector_text = None if raw_row is None else embedding_text(raw_row)
+            records.append(
+                live_record_text(item, meta_json, vector_text, created=stamp, updated=stamp)
+            )
+        del fields, vectors, encoded
+        updates: list[tuple[str, bytes]] = []
+        for tier, (ids, records) in per_tier.items():
+            if ids:
+                doc = tiers[tier]
+                update = doc.write(zip(ids, repeat(author), records))
+                if update is not None:
+                    updates.append((tier, update))
+                self._digests[tier].set_many(zip(ids, map(doc.content_hash, ids), strict=True))
+        cache, l0_vectors, home, indexed = (
+            self._cache,
+            self._l0_vectors,
+            self._home,
+            self._indexed_tier,
+        )
+        for item in built:
+            item_id, tier = item.id, item.tier
+            where[item_id] = {tier}  # what _note_tier records for the one tier holding it
+            cache.invalidate(item_id)
+            l0_vectors.pop(item_id, None)
+            home[item_id] = tier
+            if item.embedding is not None:
+                indexed[item_id] = tier
+        self._index_new(built, chunks)
+        events = self.events.append_many(
+            kind=EventKind.PUT,
+            origin="local",
+            entries=zip(
+                stamps,
+                walls,
+                [request.tier for request in requests],
+                [request.id for request in requests],
+                repeat(author),
+            ),
+        )
+        return self._change(updates, events, items=built)
+
+    def _index_new(
+        self, built: Sequence[MemoryItem], chunks: Sequence[tuple[str, int, list[int]]]
+    ) -> None:
+        """Index new items' embeddings in batch order (so rows match one-by-one upserts)."""
+        by_dim: dict[int, list[tuple[str, list[int]]]] = {}
+        for tier, dim, indices in chunks:
+            by_dim.setdefault(dim, []).append((tier, indices))
+        for dim, parts in by_dim.items():
+            if len({tier for tier, _indices in parts}) == 1:  # chunks in batch order
+                for tier, indices in parts:
+                    self._upsert_built(tier, [built[i] for i in indices])
+                continue
+            order = sorted(index for _tier, indices in parts for index in indices)
+            step = max(1, _CHUNK_ELEMENTS // dim)
+            for start in range(0, len(order), step):
+                self._upsert_built(None, [built[i] for i in order[start : start + step]])
+
+    def _upsert_built(self, tier: str | None, items: Sequence[MemoryItem]) -> None:
+        """Upsert the embeddings of new items (all in `tier` if given) in one index call."""
+        vectors = np.stack([item.embedding for item in items if item.embedding is not None])
+        tiers = tier if tier is not None else [item.tier for item in items]
+        self._index.upsert_many(tiers, [item.id for item in items], vectors)
 
     def delete(self, item_id: str, now_ms: int) -> Change:
         """Delete a live item by writing tombstones; raise ItemNotFoundError if not live."""
@@ -468,8 +661,14 @@ class TieredMemory:
         """Bring digest, liveness, index, cache and conflict tracking up to date for one id."""
         self._note_tier(item_id, tier)
         for t, doc in self._tiers.items():
-            self._digests[t].set(item_id, doc.content_hash(item_id))
-            self._track_tombstones(item_id, t, live=known is not None and known.tier == t)
+            if item_id in doc:
+                self._digests[t].set(item_id, doc.content_hash(item_id))
+                self._track_tombstones(item_id, t, live=known is not None and known.tier == t)
+            else:  # what the above does for a tier without versions, minus the work
+                digest = self._digests[t]
+                if item_id in digest:
+                    digest.set(item_id, None)
+                self._tombstoned[t].discard(item_id)
         single_home = known is not None and self._where.get(item_id) == {known.tier}
         if single_home and known is not None:
             resolution = Resolution(known, (known,), False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 BUCKETS = 4096
 FANOUT = 64
@@ -107,6 +107,28 @@ class MerkleDigest:
         self._leaves[bucket] = leaf
         self._dirty.add(bucket // FANOUT)
         self._root = None
+
+    def set_many(self, entries: Iterable[tuple[str, bytes | None]]) -> None:
+        """Apply `set` to each `(item_id, content_hash)` in order (quicker for new items)."""
+        items, leaves, buckets, dirty = self._items, self._leaves, self._buckets, self._dirty
+        sha256 = hashlib.sha256
+        for item_id, content_hash in entries:
+            if content_hash is None or item_id in items:
+                self.set(item_id, content_hash)
+                continue
+            raw_id = item_id.encode("utf-8")
+            bucket = int.from_bytes(sha256(raw_id).digest()[:2], "big") >> 4  # bucket_of
+            content_hash = bytes(content_hash)
+            contribution = int.from_bytes(sha256(raw_id + b"\0" + content_hash).digest(), "big")
+            leaves[bucket] ^= contribution
+            items[item_id] = (content_hash, contribution)
+            members = buckets.get(bucket)
+            if members is None:
+                buckets[bucket] = {item_id}
+            else:
+                members.add(item_id)
+            dirty.add(bucket // FANOUT)
+            self._root = None
 
     def _refresh(self) -> bytes:
         """Rehash dirty interior nodes and the root if anything changed; return the root."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 _INITIAL_CAPACITY = 64
+_CHUNK_ELEMENTS = 1 << 17  # vector components normalised per numpy pass in upsert_many
 
 Key: TypeAlias = tuple[str, str]
 FloatArray: TypeAlias = npt.NDArray[np.float32]
@@ -40,6 +41,31 @@ def _normalise(vector: npt.ArrayLike, what: str) -> tuple[FloatArray, float]:
     return (v / norm).astype(np.float32), norm * scale
 
 
+def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
+    """Return `_normalise` of every row of a finite 2-D matrix, bit for bit.
+
+    The same float64 steps per row (a float32 peak is exact, so it is found in float32),
+    and the squared norms come from a stacked (1 x d) @ (d x 1) matmul, which numpy
+    computes with the same dot kernel as `np.linalg.norm` of one row.
+    """
+    if matrix.dtype != np.float32:
+        matrix = np.asarray(matrix, dtype=np.float64)
+    scale = np.abs(matrix).max(axis=1).astype(np.float64)
+    zero = scale == 0.0  # such rows come out as zeros, as in `_normalise`
+    any_zero = bool(zero.any())
+    if any_zero:
+        scale[zero] = 1.0
+    v = np.divide(matrix, scale[:, None], dtype=np.float64)
+    norms = np.sqrt(np.matmul(v[:, None, :], v[:, :, None])[:, 0, 0])
+    if any_zero:
+        norms[zero] = 1.0
+    np.divide(v, norms[:, None], out=v)
+    out: FloatArray = v.astype(np.float32)
+    if any_zero:
+        out[zero] = 0.0  # not -0.0
+    return out
+
+
 class _Block:
     """Preallocated rows of one dimension with liveness, tier codes and a free list."""
 
@@ -66,6 +92,31 @@ class _Block:
         tiers[: self.used] = self.tiers[: self.used]
         self.vectors, self.live, self.tiers = vectors, live, tiers
         self.keys.extend([None] * (capacity - len(self.keys)))
+
+    def add_many(self, keys: list[Key], tier_codes: list[int], vectors: FloatArray) -> list[int]:
+        """Store the vectors as `add` would one by one (same rows); return the row numbers."""
+        count = len(keys)
+        reused = self.free[::-1][:count]
+        del self.free[len(self.free) - len(reused) :]
+        fresh = count - len(reused)
+        while self.used + fresh > self.vectors.shape[0]:
+            self._grow()
+        rows = [*reused, *range(self.used, self.used + fresh)]
+        self.used += fresh
+        if reused:
+            index = np.asarray(rows, dtype=np.intp)
+            self.vectors[index] = vectors
+            self.live[index] = True
+            self.tiers[index] = tier_codes
+        else:
+            start = rows[0]
+            self.vectors[start : start + count] = vectors
+            self.live[start : start + count] = True
+            self.tiers[start : start + count] = tier_codes
+        for row, key in zip(rows, keys, strict=True):
+            self.keys[row] = key
+        self.count += count
+        return rows
 
     def add(self, key: Key, tier_code: int, vector: FloatArray) -> int:
         """Store the vector in a free row and return the row number."""
@@ -132,6 +183,44 @@ class VectorIndex:
         if block is None:
             block = self._blocks[dim] = _Block(dim)
         self._rows[key] = (dim, block.add(key, tier_code, normalised))
+
+    def upsert_many(
+        self, tier: str | Sequence[str], item_ids: Sequence[str], vectors: npt.ArrayLike
+    ) -> None:
+        """Upsert row i of a 2-D matrix under (tier, item_ids[i]), as `upsert` per row would.
+
+        `tier` names one tier for every row, or one per row. Raises ValueError, storing
+        nothing, if the matrix is not 2-D with one non-empty row per id or is not finite.
+        """
+        matrix = np.asarray(vectors)
+        tiers = [tier] * len(item_ids) if isinstance(tier, str) else list(tier)
+        if matrix.ndim != 2 or matrix.shape[1] == 0 or matrix.shape[0] != len(item_ids):
+            raise ValueError(
+                f"vectors must be a 2-D matrix with one non-empty row per id, "
+                f"got shape {matrix.shape} for {len(item_ids)} ids"
+            )
+        if len(tiers) != len(item_ids):
+            raise ValueError(f"got {len(tiers)} tiers for {len(item_ids)} ids")
+        if not np.isfinite(matrix).all():
+            raise ValueError("vector contains NaN or infinite values")
+        keys = list(zip(tiers, item_ids, strict=True))
+        if not keys:
+            return
+        if len(set(keys)) != len(keys) or any(key in self._rows for key in keys):
+            for key, row in zip(keys, matrix, strict=True):  # rare: replacements
+                self.upsert(key[0], key[1], row)
+            return
+        dim = matrix.shape[1]
+        codes = [self._tier_codes.setdefault(t, len(self._tier_codes)) for t in tiers]
+        block = self._blocks.get(dim)
+        if block is None:
+            block = self._blocks[dim] = _Block(dim)
+        step = max(1, _CHUNK_ELEMENTS // dim)  # bounded float64 temporaries
+        for start in range(0, len(keys), step):
+            stop = start + step
+            part = keys[start:stop]
+            rows = block.add_many(part, codes[start:stop], _normalise_rows(matrix[start:stop]))
+            self._rows.update(zip(part, [(dim, row) for row in rows], strict=True))
 
     def remove(self, tier: str, item_id: str) -> None:
         """Remove the vector stored under (tier, item_id); do nothing if absent."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -116,10 +115,7 @@ def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:
     for pending in batch:
         change = pending.change
         updates.extend(change.updates)
-        events.extend(
-            (event.seq, json.dumps(event.to_json(), separators=(",", ":")))
-            for event in change.events
-        )
+        events.extend((event.seq, event.to_json_text()) for event in change.events)
         if change.ceiling_ms is not None:
             ceiling = max(change.ceiling_ms, int(meta.get("hlc_ceiling_ms", "0")))
             meta["hlc_ceiling_ms"] = str(ceiling)

@@ -97,8 +97,11 @@ class Daemon:
                 on_link_up=lambda peer, address: holder["rt"].link_up(peer, address),
                 on_link_down=lambda peer: holder["rt"].link_down(peer),
                 on_frame=lambda peer, data: holder["rt"].frame(peer, data),
-                on_refused=lambda address, reason: log.warning(
-                    "refused signaling from %s: %s", address, reason
+                on_refused=lambda address, reason: log.log(
+                    logging.INFO if reason == "glare" else logging.WARNING,
+                    "refused signaling from %s: %s",
+                    address,
+                    reason,
                 ),
             )
             runtime = NodeRuntime(node, committer, transport, on_events=mesh.notify)
@@ -174,6 +177,7 @@ class Daemon:
             members=len(runtime.node.membership.alive()),
             hub=None,
             uptime_s=round(time.time() - self.started_at, 1),
+            bad_frames=runtime.node.counters.bad_frames,
             transfers=[
                 {
                     "peer": t.peer_id,

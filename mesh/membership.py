@@ -100,6 +100,9 @@ class Membership:
         self._next_gossip = 0.0
         self._next_reconnect = 0.0
         self._left = False
+        # Sorted views, rebuilt only when some member's state changes (hot at 1,000 nodes).
+        self._alive_cache: list[str] | None = None
+        self._dead_cache: list[str] | None = None
         self.probes_sent = self.indirect_probes_sent = self.suspicions = self.deaths = 0
         self.refutations = self.false_suspicions = 0
         self._enqueue(MemberUpdate(self_id, ALIVE, incarnation), priority=1)
@@ -111,12 +114,25 @@ class Membership:
         return dict(self._members)
 
     def alive(self) -> list[str]:
-        """ALIVE and SUSPECT members, sorted, excluding self."""
-        return sorted(k for k, v in self._members.items() if v.state in LIVE and k != self.self_id)
+        """ALIVE and SUSPECT members, sorted, excluding self (a fresh list each call)."""
+        if self._alive_cache is None:
+            self._alive_cache = sorted(
+                k for k, v in self._members.items() if v.state in LIVE and k != self.self_id
+            )
+        return list(self._alive_cache)
+
+    def alive_count(self) -> int:
+        """How many members are ALIVE or SUSPECT (self excluded)."""
+        if self._alive_cache is None:
+            self.alive()
+        assert self._alive_cache is not None
+        return len(self._alive_cache)
 
     def dead(self) -> list[str]:
-        """DEAD members (not LEFT), sorted."""
-        return sorted(k for k, v in self._members.items() if v.state == DEAD)
+        """DEAD members (not LEFT), sorted (a fresh list each call)."""
+        if self._dead_cache is None:
+            self._dead_cache = sorted(k for k, v in self._members.items() if v.state == DEAD)
+        return list(self._dead_cache)
 
     def state_of(self, node_id: str) -> MemberState | None:
         """The believed state of `node_id`, or None if unknown."""
@@ -268,7 +284,7 @@ class Membership:
             self._pending.values(),
             key=lambda p: (-p.priority, p.transmits, -p.order),
         )
-        limit = self.config.retransmit_limit(len(self.alive()) + 1)
+        limit = self.config.retransmit_limit(self.alive_count() + 1)
         for p in queue:
             if len(out) >= self.config.max_gossip:
                 break
@@ -321,9 +337,11 @@ class Membership:
         addr = address or (old.address if old else "")
         since = now if old_state != state or old is None else old.since
         self._members[node_id] = MemberInfo(state, inc, addr, since)
+        if old_state != state:
+            self._alive_cache = self._dead_cache = None
         if state == SUSPECT:
             if old_state != SUSPECT or node_id not in self._suspect_deadline:
-                n = len(self.alive()) + 1
+                n = self.alive_count() + 1
                 self._suspect_deadline[node_id] = now + self.config.suspicion_timeout(n)
         else:
             self._suspect_deadline.pop(node_id, None)
@@ -383,4 +401,5 @@ class Membership:
         for node_id, info in list(self._members.items()):
             if info.state in (DEAD, LEFT) and info.since <= horizon and node_id != self.self_id:
                 del self._members[node_id]
+                self._alive_cache = self._dead_cache = None
                 self._pending.pop(node_id, None)

@@ -247,11 +247,13 @@ class Node:
             # SWIM only speaks over links, so this is how a healed partition is found.
             dead = [p for p in self.membership.dead() if p != self.node_id]
             return set(alive) | set(dead)
-        keep = {p for p in self._links | set(self._connecting) if p in set(alive)}
-        spare = sorted(set(alive) - keep)
-        self._rng.shuffle(spare)
-        missing = max(0, self.config.random_links - len(keep))
-        return keep | set(spare[:missing])
+        alive_set = set(alive)
+        keep = {p for p in self._links | set(self._connecting) if p in alive_set}
+        missing = self.config.random_links - len(keep)
+        if missing <= 0:
+            return keep
+        spare = sorted(alive_set - keep)
+        return keep | set(self._rng.sample(spare, min(missing, len(spare))))
 
     def _maintain_links(self) -> list[Effect]:
         effects: list[Effect] = []

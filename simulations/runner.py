@@ -79,6 +79,7 @@ class Runner:
             link=link,
             discovery="burst" if params.discovery == "burst" else "pairwise",
             timer_quantum_s=params.timer_quantum_s,
+            links_required=params.links_required,
         )
         self.tracker = DeliveryTracker(self.world)
         self._rng = random.Random(f"runner-{params.scenario}-{params.seed}")
@@ -319,6 +320,7 @@ class Runner:
             },
             "frames_delivered": world.frames_delivered,
             "frames_dropped": world.frames_dropped,
+            "frames_dropped_no_link": world.frames_unlinked,
             "crashes": self._crashes,
             "restarts": self._restarts,
             "live_nodes_at_end": len(live),

@@ -55,6 +55,7 @@ class Params:
     check_s: float = 0.05  # convergence check and time-series sampling interval
     discovery: str = "burst"
     timer_quantum_s: float = 0.0
+    links_required: bool = False  # frames only over open links, as the WebRTC transport
 
     def validate(self) -> None:
         """Raise ValueError on a parameter out of range."""

@@ -114,11 +114,14 @@ class World:
         link: LinkModel | None = None,
         discovery: Discovery = "pairwise",
         timer_quantum_s: float = 0.0,
+        links_required: bool = False,
     ) -> None:
         """Create an empty world whose every random choice derives from `seed`.
 
         `timer_quantum_s` > 0 re-arms a node's timer at most once per quantum (timers then
-        fire up to one quantum late), which saves work in large meshes.
+        fire up to one quantum late), which saves work in large meshes. `links_required`
+        drops a frame unless its sender has an open link to the receiver, as the WebRTC
+        transport does; by default any two reachable nodes can exchange frames.
         """
         if discovery not in ("pairwise", "burst"):
             raise ValueError(f"unknown discovery {discovery!r}: pairwise or burst")
@@ -129,6 +132,7 @@ class World:
         self.link = link or LinkModel()
         self.discovery: Discovery = discovery
         self.timer_quantum_s = timer_quantum_s
+        self.links_required = links_required
         self.now = 0.0
         self.rng = random.Random(f"world-{seed}")
         self.nodes: dict[str, SimNode] = {}
@@ -140,6 +144,7 @@ class World:
         self._next_request = 1
         self.frames_delivered = 0
         self.frames_dropped = 0
+        self.frames_unlinked = 0  # dropped because `links_required` and no open link
         self.events_processed = 0
         self._traffic: dict[int, list[int]] = {}  # msg_type -> [frames, bytes]
         self._unintroduced: list[str] = []
@@ -383,6 +388,10 @@ class World:
         else:
             tally[0] += 1
             tally[1] += size
+        if self.links_required and dst not in sender.node.links:
+            self.frames_unlinked += 1
+            self.frames_dropped += 1
+            return
         link = self.link
         if not self.reachable(src, dst) or self.rng.random() < link.loss:
             self.frames_dropped += 1
