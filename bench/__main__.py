@@ -21,6 +21,7 @@ from bench.common import SCHEMA_VERSION, CpuMeter, Progress, load_average, machi
 FAMILIES: dict[str, str] = {
     "local": "bench.local",
     "sim": "bench.sim",
+    "net": "bench.net",
 }
 
 
