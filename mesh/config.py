@@ -24,6 +24,7 @@ class NodeConfig:
     reconnect_base_s: float = 0.5
     reconnect_max_s: float = 30.0
     dead_retry_max_s: float = 3.0
+    max_transfer_bytes: int = 256 << 20  # one chunked body (an initial sync) in memory
     dedup_capacity: int = 50_000
     transfer_cache: int = 32
     query_timeout_s: float = 5.0

@@ -111,7 +111,7 @@ class Node:
         self.membership = Membership(self.node_id, config.swim, rng, incarnation=incarnation)
         self.acks = AckTracker()
         self.counters = NodeCounters()
-        self._reassembler = Reassembler(max_bytes=config.limits.max_decompressed_bytes)
+        self._reassembler = Reassembler(max_bytes=config.max_transfer_bytes)
         self._max_chunk = max_chunk_for(config.limits)
         self._outbox = Outbox(config.sync_interval_s)
         self._links: set[str] = set()
@@ -379,7 +379,9 @@ class Node:
         return [Log("info", "peer reported an error", {"peer": peer_id, "error": str(message)})]
 
     def _outgoing(self, outgoing: list[Outgoing]) -> list[Effect]:
-        return [self._send(o.peer_id, o.message) for o in outgoing]
+        # Failure-detector traffic rides the urgent channel: behind megabytes of sync data
+        # a ping arrives late and a busy peer is wrongly declared dead.
+        return [self._send(o.peer_id, o.message, Priority.CRITICAL) for o in outgoing]
 
     # ----------------------------------------------------------------- sync
 

@@ -62,6 +62,7 @@ class RuntimeStats:
     effects_run: int = 0
     persist_failures: int = 0
     connect_failures: int = 0
+    frames_not_sent: int = 0
     last_sync: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
@@ -203,9 +204,12 @@ class NodeRuntime:
                     self._fail_writes(effects[index + 1 :], str(exc))
                     return
             elif isinstance(effect, Send):
-                self._transport.send(
+                sent = self._transport.send(
                     effect.peer_id, effect.frame, urgent=effect.priority >= Priority.CRITICAL
                 )
+                if not sent:
+                    # No link or a full queue: anti-entropy repairs what this frame carried.
+                    self.stats.frames_not_sent += 1
             elif isinstance(effect, Emit):
                 self._emit(effect.events)
             elif isinstance(effect, WriteAcked):
