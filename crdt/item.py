@@ -169,6 +169,7 @@ def _check_strings(name: str, values: object, limits: Limits) -> tuple[str, ...]
                 f"{name} entries must be non-empty strings of at most "
                 f"{limits.max_tag_chars} chars, got {value!r}"
             )
+        _utf8_size(name, value)
     return out
 
 
@@ -370,6 +371,11 @@ def _quick_strings(values: object, limits: Limits) -> tuple[str, ...] | None:
     for value in out:
         if type(value) is not str or not 0 < len(value) <= longest:
             return None
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return None  # the general path raises the clear error
     return out
 
 

@@ -241,6 +241,8 @@ BAD_FIELDS: list[tuple[str, object]] = [
     ("citations", [""]),
     ("citations", [1]),
     ("citations", None),
+    ("tags", ["ok", "lone surrogate \ud800"]),
+    ("citations", ["\udfff"]),
     # confidence
     ("confidence", -0.01),
     ("confidence", 1.01),

@@ -686,3 +686,14 @@ def test_upsert_many_in_chunks_matches_upsert() -> None:
     for item_id, row in zip(ids, matrix, strict=True):
         single.upsert("L2", item_id, row)
     assert _index_state(many) == _index_state(single)
+
+
+@pytest.mark.parametrize("field", ["tags", "citations"])
+def test_a_lone_surrogate_in_a_list_field_is_refused_and_writes_nothing(field: str) -> None:
+    memory = make_memory()
+    good = NewItem("L1", "fine", "ok-1")
+    bad = dataclasses.replace(NewItem("L1", "bad", "bad-1"), **{field: ["ok", "x\ud800"]})
+    with pytest.raises(MemmeshError, match="lone surrogate"):
+        memory.put_many([good, bad], NOW)
+    assert "ok-1" not in memory and "bad-1" not in memory
+    assert memory.tier_doc("L1").encode_diff() == make_memory().tier_doc("L1").encode_diff()
