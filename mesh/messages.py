@@ -150,6 +150,21 @@ class ErrorReport:
     detail: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HubClaim:
+    """HUB_CLAIM: `node_id` claims (or, with a new `seq`, re-asserts) the hub role in `term`.
+
+    `signature` is `node_id`'s Ed25519 signature of `hub_role.election.claim_bytes(...)`.
+    """
+
+    node_id: str
+    term: int
+    seq: int
+    score: int
+    public_key: bytes  # 32 bytes
+    signature: bytes  # 64 bytes
+
+
 Message = (
     Hello
     | Ping
@@ -162,4 +177,5 @@ Message = (
     | MemoryQuery
     | MemoryResponse
     | ErrorReport
+    | HubClaim
 )
