@@ -67,8 +67,8 @@ class Ed25519Verifier:
     """A Verifier: key bound to the id by `keyring` when listed there, else by `node_id_for`."""
 
     def __init__(self, keyring: Mapping[str, bytes] | None = None) -> None:
-        """Pin `keyring` ids to their keys (a copy is kept); other ids must derive from keys."""
-        self._keyring = dict(keyring or {})
+        """Pin `keyring` ids to their keys (read at each check); other ids derive from keys."""
+        self._keyring: Mapping[str, bytes] = keyring if keyring is not None else {}
 
     def check(self, node_id: str, public_key: bytes, data: bytes, signature: bytes) -> str | None:
         """Return None if valid, else "key_mismatch" or "bad_signature"."""
