@@ -15,6 +15,10 @@ from crdt.errors import MemmeshError
 from crdt.item import MemoryItem, to_record
 from crdt.memory import Change, TieredMemory
 from crdt.tier import CorruptUpdateError
+from hub_role.election import HubInfo
+from hub_role.relay import Envelope
+from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
+from hub_role.signing import Ed25519Verifier, Signer, Verifier
 from mesh.acks import AckTracker
 from mesh.chunking import Reassembler, max_chunk_for, split_body
 from mesh.codec import decode_message, encode_message
@@ -47,7 +51,10 @@ from mesh.inputs import (
 from mesh.membership import Membership, Outgoing
 from mesh.messages import (
     Digest,
+    ErrorReport,
     Hello,
+    HubClaim,
+    HubRelay,
     MemberState,
     MemoryQuery,
     MemoryResponse,
@@ -102,8 +109,16 @@ class Node:
         rng: random.Random,
         *,
         incarnation: int = 0,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
-        """Wrap a loaded memory; `rng` is the node's only source of randomness."""
+        """Wrap a loaded memory; `rng` is the node's only source of randomness.
+
+        `signer` signs this node's hub claims and relayed frames (the daemon passes its
+        `NodeIdentity`'s key). Without one the node never claims the hub role and floods its
+        updates peer to peer (it still follows and uses a hub for acks). `verifier` checks
+        other nodes' signatures; by default a key must derive the claimed node id.
+        """
         self.node_id = memory.node_id
         self.memory = memory
         self.config = config
@@ -126,12 +141,21 @@ class Node:
         self._next_query_id = 1
         self._next_ae: float | None = None
         self._now = 0.0
+        self._signer = signer
+        self._verifier: Verifier = verifier if verifier is not None else Ed25519Verifier()
+        self._router: HubRouter | None = None  # created at the first input (it needs `now`)
 
     # ----------------------------------------------------------------- driving
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         """Apply one input at time `now` and return the effects, to be run in order."""
         self._now = now
+        if self._router is None:
+            score = self.config.hub.score if self.config.hub_eligible else 0
+            self._router = HubRouter(
+                self.node_id, score, self.config.hub, self._verifier, self._signer, now
+            )
+        hub_before = self._router.hub
         if self._next_ae is None:
             self._next_ae = now + self._rng.uniform(0, self.config.anti_entropy_interval_s)
         effects: list[Effect]
@@ -154,6 +178,7 @@ class Node:
         else:
             effects = self._on_query_request(event)
         effects.extend(self._membership_changes())
+        effects.extend(self._after_hub_change(hub_before))
         return effects
 
     def next_deadline(self) -> float | None:
@@ -165,6 +190,7 @@ class Node:
             self.acks.next_deadline(),
             min((d for _r, d in self._queries.values()), default=None),
             min((at for _n, at in self._retry_at.values()), default=None),
+            None if self._router is None else self._router.next_deadline(),
         ]
         earliest = min((c for c in candidates if c is not None), default=None)
         # An overdue timer (e.g. gossip queued by a frame after its slot passed) is due now.
@@ -174,6 +200,34 @@ class Node:
     def links(self) -> frozenset[str]:
         """Return the peers with an open link."""
         return frozenset(self._links)
+
+    @property
+    def hub(self) -> HubInfo | None:
+        """Return the hub this node follows, or None: `.id`, `.term`, `.score`, `.since`.
+
+        `since` is this node's `now` (the driver's clock) when it adopted that hub id; it
+        is the hub itself when `hub.id == node.node_id`.
+        """
+        return None if self._router is None else self._router.hub
+
+    @property
+    def is_hub(self) -> bool:
+        """Return True if this node holds the hub role."""
+        return self._router is not None and self._router.is_hub
+
+    @property
+    def hub_counters(self) -> HubCounters:
+        """Return the hub-role counters (relayed vs P2P batches, refusals, fallbacks)."""
+        return self._router.counters if self._router is not None else HubCounters()
+
+    @property
+    def claims_rejected(self) -> dict[str, int]:
+        """Return hub claims ignored, by reason: bad_signature, key_mismatch, stale_term."""
+        return dict(self._router.election.rejected) if self._router is not None else {}
+
+    def relay_backlog(self) -> dict[str, int]:
+        """Return the envelopes this node holds as the hub, per priority (and deferred)."""
+        return self._router.queue.backlog() if self._router is not None else {}
 
     def transfers(self) -> list[TransferProgress]:
         """Return the chunked bodies (initial syncs) still arriving."""
@@ -249,11 +303,16 @@ class Node:
             return set(alive) | set(dead)
         alive_set = set(alive)
         keep = {p for p in self._links | set(self._connecting) if p in alive_set}
-        missing = self.config.random_links - len(keep)
+        # Every node links to the hub, plus `random_links` random peers: links grow
+        # linearly with the mesh (the hub holds one per member).
+        hub = self.hub
+        hub_id = hub.id if hub is not None and hub.id in alive_set else None
+        wanted = keep | ({hub_id} if hub_id is not None else set())
+        missing = self.config.random_links - len(keep - {hub_id})
         if missing <= 0:
-            return keep
-        spare = sorted(alive_set - keep)
-        return keep | set(self._rng.sample(spare, min(missing, len(spare))))
+            return wanted
+        spare = sorted(alive_set - wanted)
+        return wanted | set(self._rng.sample(spare, min(missing, len(spare))))
 
     def _maintain_links(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -365,7 +424,15 @@ class Node:
         if isinstance(message, Digest):
             return self._on_digest(peer_id, message)
         if isinstance(message, SyncAck):
-            return list(self.acks.on_ack(message.batch_id, message.node_id, None))
+            router = self._hub_router()
+            router.on_ack(message.batch_id, message.node_id)
+            hub = router.hub
+            hub_id = hub.id if hub is not None else None
+            return list(self.acks.on_ack(message.batch_id, message.node_id, hub_id))
+        if isinstance(message, HubClaim):
+            return self._on_claim(peer_id, message, raw)
+        if isinstance(message, HubRelay):
+            return self._on_relay(peer_id, message)
         if isinstance(message, Hello):
             self._peer_tiers[peer_id] = message.tiers
             self.membership.add(peer_id, self._now)
@@ -376,6 +443,8 @@ class Node:
             return [self._answer_query(peer_id, message)]
         if isinstance(message, MemoryResponse):
             return self._on_query_response(message)
+        if not isinstance(message, ErrorReport):
+            return []  # stats and lease messages: not handled by this node yet
         return [Log("info", "peer reported an error", {"peer": peer_id, "error": str(message)})]
 
     def _outgoing(self, outgoing: list[Outgoing]) -> list[Effect]:
@@ -385,7 +454,16 @@ class Node:
 
     # ----------------------------------------------------------------- sync
 
-    def _on_sync(self, peer_id: str, frame: Frame, message: MemorySync, raw: bytes) -> list[Effect]:
+    def _on_sync(
+        self,
+        peer_id: str,
+        frame: Frame,
+        message: MemorySync,
+        raw: bytes,
+        *,
+        forward: bool = True,
+    ) -> list[Effect]:
+        """Apply a MEMORY_SYNC; flood a broadcast update on unless `forward` is False (relayed)."""
         effects: list[Effect] = []
         flooded = message.kind is SyncKind.UPDATE and message.target == BROADCAST
         if flooded:
@@ -405,13 +483,13 @@ class Node:
             # A flooded body's pieces may come over different links (deduplicated per
             # piece above), so reassemble them under their origin, not the neighbour.
             assembled = self._collect_chunk(message.source if flooded else peer_id, message)
-            if flooded:
+            if flooded and forward:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             if assembled is None:
                 return effects
             body = assembled
         if message.tier not in self.config.tiers:
-            if flooded and message.chunk is None:
+            if flooded and forward and message.chunk is None:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             return effects
         if message.kind is SyncKind.STEP1:
@@ -427,8 +505,14 @@ class Node:
             if flooded and message.chunk is None:
                 self._seen[key] = True
             effects.extend(self._ack_if_asked(frame, message))
-        if flooded and message.chunk is None:
+        if flooded and forward and message.chunk is None:
             effects.extend(self._forward(peer_id, message, raw, frame.priority))
+        if flooded:
+            counters = self._hub_router().counters
+            if forward:
+                counters.p2p_received += 1
+            else:
+                counters.relayed_received += 1
         if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
             effects.append(self._step1(peer_id, message.tier))
         return effects
@@ -574,9 +658,13 @@ class Node:
                 batch.updates,
             )
             flags = Flags.BATCHED | (Flags.REQUIRES_ACK if ack_wanted else Flags.NONE)
-            peers = [p for p in sorted(self._links) if batch.tier in self._shared_tiers(p)]
-            effects.extend(self._send_sync(peers, message, batch.priority, flags))
+            effects.extend(self._route_update(message, batch.priority, flags))
+        router = self._hub_router()
         for write in writes:
+            if write.level is AckLevel.HUB and router.is_hub:
+                # Committed here, and here is the hub.
+                effects.append(WriteAcked(write.request_id, write.items, (self.node_id,)))
+                continue
             # "all" means every live member that replicates what the write touched: a
             # phone keeping only L1 never acks an L3 write.
             required = (
@@ -598,6 +686,144 @@ class Node:
                     items=write.items,
                 )
             )
+        return effects
+
+    # ----------------------------------------------------------------- hub role
+
+    def _hub_router(self) -> HubRouter:
+        assert self._router is not None, "handle() creates the router"
+        return self._router
+
+    def _route_update(self, message: MemorySync, priority: Priority, flags: Flags) -> list[Effect]:
+        """Send a local update batch: through the hub (signed) or flooded peer to peer.
+
+        HIGH/NORMAL/LOW go to the hub when one is linked and this node can sign; CRITICAL
+        and EMERGENCY, bodies too large for one envelope, and everything while no hub is
+        reachable are flooded over direct links (the hub, linked to every node, gets a copy).
+        """
+        router = self._hub_router()
+        hub_id = router.route(self._links)
+        if not priority.urgent and router.can_sign() and (hub_id is not None or router.is_hub):
+            inner = encode_message(
+                message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
+            )
+            if len(inner) + RELAY_OVERHEAD <= self.config.limits.max_frame_bytes:
+                envelope = router.seal(inner)
+                router.counters.relayed_sent += 1
+                if hub_id is None:  # we are the hub: fan our own update out by priority
+                    return self._queue_relay(envelope, priority)
+                router.track(hub_id, message, priority, flags, self._now)
+                return [self._send(hub_id, envelope, priority)]
+        peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
+        router.counters.p2p_sent += 1
+        hub = router.hub
+        if priority.urgent and hub is not None and hub.id in peers:
+            router.counters.hub_notified += 1
+        return self._send_sync(peers, message, priority, flags)
+
+    def _queue_relay(self, envelope: HubRelay, priority: Priority) -> list[Effect]:
+        """As the hub: queue an envelope for fan-out (RELAYED), then send what is due."""
+        router = self._hub_router()
+        outer = encode_message(
+            envelope, priority=priority, timestamp_ns=int(self._now * 1e9), flags=Flags.RELAYED
+        )
+        queued = router.queue.push(Envelope(envelope.origin, priority, outer, self._now), self._now)
+        if not queued:  # queue full: fan out at once rather than lose or delay it unbounded
+            return self._fan_out([Envelope(envelope.origin, priority, outer, self._now)])
+        return self._drain_relay()
+
+    def _drain_relay(self, *, everything: bool = False) -> list[Effect]:
+        router = self._hub_router()
+        if not len(router.queue):
+            return []
+        return self._fan_out(router.queue.pop_ready(self._now, everything=everything))
+
+    def _fan_out(self, envelopes: list[Envelope]) -> list[Effect]:
+        router = self._hub_router()
+        effects: list[Effect] = []
+        for envelope in envelopes:
+            router.counters.fanned_out += 1
+            effects.extend(
+                self._count(Send(peer, envelope.data, envelope.priority))
+                for peer in sorted(self._links)
+                if peer != envelope.origin
+            )
+        return effects
+
+    def _on_relay(self, peer_id: str, envelope: HubRelay) -> list[Effect]:
+        """Verify a relayed frame against its origin's key, apply it, and fan out if hub."""
+        router = self._hub_router()
+        opened = router.open(envelope, self.config.limits)
+        if isinstance(opened, str):
+            return self._bad_frame(peer_id, f"relayed frame refused: {opened}")
+        inner_frame, inner = opened
+        fresh = inner.batch_id not in self._seen
+        effects = self._on_sync(peer_id, inner_frame, inner, envelope.frame, forward=False)
+        if peer_id != envelope.origin:
+            return effects  # fanned out by the hub: apply only
+        # Handed to us by its origin, as its hub: ack the commit (the origin stops tracking
+        # it), then fan it out; if we are not the hub after all, flood it on instead.
+        if self._seen.get(inner.batch_id) and not inner_frame.flags & Flags.REQUIRES_ACK:
+            effects.append(self._send(envelope.origin, SyncAck(inner.batch_id, self.node_id)))
+        if fresh and router.is_hub:
+            effects.extend(self._queue_relay(envelope, inner_frame.priority))
+        elif fresh:
+            effects.extend(self._forward(peer_id, inner, envelope.frame, inner_frame.priority))
+        return effects
+
+    def _on_claim(self, peer_id: str, claim: HubClaim, raw: bytes) -> list[Effect]:
+        outcome = self._hub_router().election.on_claim(claim, self._now)
+        effects: list[Effect] = []
+        if outcome.forward:
+            effects.extend(
+                self._count(Send(p, raw, Priority.CRITICAL))
+                for p in sorted(self._links)
+                if p not in (peer_id, claim.node_id)
+            )
+        effects.extend(self._flood_claims(outcome.claims))
+        return effects
+
+    def _flood_claims(self, claims: list[HubClaim]) -> list[Effect]:
+        # Claims ride the urgent channel, like SWIM: a late heartbeat looks like a dead hub.
+        return [self._send(p, c, Priority.CRITICAL) for c in claims for p in sorted(self._links)]
+
+    def _reflood(self, pending: PendingRelay) -> list[Effect]:
+        message = pending.message
+        peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
+        return self._send_sync(peers, message, pending.priority, pending.flags)
+
+    def _hub_tick(self) -> list[Effect]:
+        router = self._hub_router()
+        alive = [p for p in self.membership.alive() if p != self.node_id]
+        effects = self._flood_claims(router.election.tick(self._now, alive))
+        for pending in router.take_unacked(self._now):
+            effects.extend(self._reflood(pending))
+        effects.extend(self._drain_relay())
+        return effects
+
+    def _after_hub_change(self, before: HubInfo | None) -> list[Effect]:
+        router = self._hub_router()
+        after = router.hub
+        key_before = None if before is None else (before.id, before.term)
+        key_after = None if after is None else (after.id, after.term)
+        if key_before == key_after:
+            return []
+        effects: list[Effect] = [
+            Log(
+                "info",
+                "hub changed",
+                {
+                    "from": key_before[0] if key_before else None,
+                    "to": key_after[0] if key_after else None,
+                    "term": key_after[1] if key_after else None,
+                },
+            )
+        ]
+        for pending in router.take_unacked(self._now):
+            effects.extend(self._reflood(pending))
+        if not router.is_hub:
+            effects.extend(self._drain_relay(everything=True))  # we stepped down: hand it all
+        effects.extend(self._maintain_links())
         return effects
 
     # ----------------------------------------------------------------- queries
@@ -656,6 +882,7 @@ class Node:
             self._next_ae = now + self.config.anti_entropy_interval_s
             effects.extend(self._anti_entropy())
         effects.extend(self.acks.expire(now))
+        effects.extend(self._hub_tick())
         for query_id, (request_id, deadline) in list(self._queries.items()):
             if now >= deadline:
                 del self._queries[query_id]
@@ -688,6 +915,8 @@ class Node:
                 )
             )
             if change.new in (MemberState.DEAD, MemberState.LEFT):
+                alive = [p for p in self.membership.alive() if p != self.node_id]
+                self._hub_router().election.on_member_dead(change.node_id, self._now, alive)
                 if change.node_id in self._links:
                     self._links.discard(change.node_id)
                     effects.append(Disconnect(change.node_id, change.new.name.lower()))
