@@ -821,6 +821,8 @@ class Node:
         ]
         for pending in router.take_unacked(self._now):
             effects.extend(self._reflood(pending))
+        if after is not None:
+            effects.extend(self.acks.on_hub(after.id, self.node_id))
         if not router.is_hub:
             effects.extend(self._drain_relay(everything=True))  # we stepped down: hand it all
         effects.extend(self._maintain_links())
