@@ -23,6 +23,8 @@ class HubConfig:
     origin_burst: int = 400  # ... and burst
     relay_ack_timeout_s: float = 1.0  # an origin re-floods P2P what the hub did not ack
     queue_max: int = 100_000  # envelopes held by the hub across all queues
+    stats_interval_s: float = 5.0  # every node reports to the hub, the hub publishes, this often
+    stats_max_age_s: float = 30.0  # the hub leaves out reports older than this
 
     def __post_init__(self) -> None:
         """Reject inconsistent settings with ValueError."""
@@ -30,7 +32,14 @@ class HubConfig:
             raise ValueError("hub score and unseat_margin must be >= 0")
         if not 0 < self.heartbeat_s < self.timeout_s:
             raise ValueError("need 0 < heartbeat_s < timeout_s")
-        for name in ("relay_interval_s", "low_batch_s", "origin_rate_per_s", "relay_ack_timeout_s"):
+        for name in (
+            "relay_interval_s",
+            "low_batch_s",
+            "origin_rate_per_s",
+            "relay_ack_timeout_s",
+            "stats_interval_s",
+            "stats_max_age_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if min(self.relay_burst, self.low_batch_max, self.origin_burst, self.queue_max) < 1:

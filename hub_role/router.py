@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from hub_role.config import HubConfig
 from hub_role.election import Election, HubInfo
+from hub_role.leases import LeaseTable
 from hub_role.relay import RelayQueue, relay_bytes
 from hub_role.signing import Signer, Verifier
+from hub_role.stats import MeshStats, StatsBoard, StatsCollector
 from mesh.codec import decode_message
 from mesh.frames import Flags, Frame, FrameError, Limits, Priority
 from mesh.messages import HubRelay, MemorySync, SyncKind
@@ -58,6 +60,7 @@ class HubRouter:
         verifier: Verifier,
         signer: Signer | None,
         now: float,
+        tiers: tuple[str, ...] = ("L1", "L2", "L3"),
     ) -> None:
         """Start with no hub; an eligible node campaigns after `config.boot_wait_s`."""
         self.node_id = node_id
@@ -68,6 +71,25 @@ class HubRouter:
         self._signer = signer
         self._verifier = verifier
         self._pending: OrderedDict[bytes, PendingRelay] = OrderedDict()
+        self.stats = StatsCollector(node_id, tiers, now)
+        self.board = StatsBoard(config.stats_max_age_s)
+        self.view: MeshStats | None = None  # the latest STATS_PUBLISH of our hub
+        self.next_report = now + config.stats_interval_s
+        self.leases = LeaseTable()  # used while we are the hub
+        self.lease_pending: dict[int, tuple[int, str, float]] = {}  # id -> (request, name, due)
+        self._next_lease_id = 1
+
+    def new_lease_id(self) -> int:
+        """Return a fresh id for a LEASE_REQUEST sent to the hub."""
+        self._next_lease_id += 1
+        return self._next_lease_id - 1
+
+    def pending_by_tier(self) -> dict[str, int]:
+        """Return relayed batches not yet acked by the hub, per tier."""
+        out: dict[str, int] = {}
+        for p in self._pending.values():
+            out[p.message.tier] = out.get(p.message.tier, 0) + 1
+        return out
 
     # ----------------------------------------------------------------- reading
 
@@ -92,6 +114,8 @@ class HubRouter:
         """Return the earliest time the router has timer work."""
         times = [self.election.next_deadline(), self.queue.next_deadline()]
         times.append(min((p.deadline for p in self._pending.values()), default=None))
+        times.append(min((d for _r, _n, d in self.lease_pending.values()), default=None))
+        times.append(self.next_report)
         return min((t for t in times if t is not None), default=None)
 
     # ----------------------------------------------------------------- origin side

@@ -14,11 +14,14 @@ import numpy as np
 from crdt.errors import MemmeshError
 from crdt.item import MemoryItem, to_record
 from crdt.memory import Change, TieredMemory
+from crdt.resolvers import BUILTIN_RESOLVERS
 from crdt.tier import CorruptUpdateError
 from hub_role.election import HubInfo
+from hub_role.leases import LeaseTable
 from hub_role.relay import Envelope
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.signing import Ed25519Verifier, Signer, Verifier
+from hub_role.stats import MeshStats
 from mesh.acks import AckTracker
 from mesh.chunking import Reassembler, max_chunk_for, split_body
 from mesh.codec import decode_message, encode_message
@@ -28,6 +31,7 @@ from mesh.effects import (
     Disconnect,
     Effect,
     Emit,
+    LeaseAnswered,
     Log,
     Persist,
     QueryAnswered,
@@ -40,6 +44,8 @@ from mesh.inputs import (
     AckLevel,
     FrameReceived,
     Input,
+    LeaseReleased,
+    LeaseRequested,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -51,10 +57,12 @@ from mesh.inputs import (
 from mesh.membership import Membership, Outgoing
 from mesh.messages import (
     Digest,
-    ErrorReport,
     Hello,
     HubClaim,
     HubRelay,
+    LeaseGrant,
+    LeaseRelease,
+    LeaseRequest,
     MemberState,
     MemoryQuery,
     MemoryResponse,
@@ -64,6 +72,8 @@ from mesh.messages import (
     PingAck,
     PingReq,
     Resume,
+    StatsPublish,
+    StatsReport,
     SyncAck,
     SyncKind,
 )
@@ -71,6 +81,8 @@ from mesh.outbox import Outbox, WaitingWrite
 
 BROADCAST = "*"
 MAX_QUERY_K = 100
+MAX_LEASE_NAME = 128
+MAX_LEASE_TTL_S = 86_400.0  # a day; the wire allows up to 2**32 - 1 ms
 
 
 @dataclass(slots=True)
@@ -144,6 +156,14 @@ class Node:
         self._signer = signer
         self._verifier: Verifier = verifier if verifier is not None else Ed25519Verifier()
         self._router: HubRouter | None = None  # created at the first input (it needs `now`)
+        self._write_started: dict[int, tuple[float, frozenset[str]]] = {}
+        self._resolver_names = {
+            tier: next(
+                (n for n, f in BUILTIN_RESOLVERS.items() if f is policy.resolver),
+                getattr(policy.resolver, "__name__", "custom"),
+            )
+            for tier, policy in memory.config.tiers.items()
+        }
 
     # ----------------------------------------------------------------- driving
 
@@ -153,7 +173,13 @@ class Node:
         if self._router is None:
             score = self.config.hub.score if self.config.hub_eligible else 0
             self._router = HubRouter(
-                self.node_id, score, self.config.hub, self._verifier, self._signer, now
+                self.node_id,
+                score,
+                self.config.hub,
+                self._verifier,
+                self._signer,
+                now,
+                self.config.tiers,
             )
         hub_before = self._router.hub
         if self._next_ae is None:
@@ -175,10 +201,15 @@ class Node:
             effects = self._maintain_links()
         elif isinstance(event, PeerLost):
             effects = []
+        elif isinstance(event, LeaseRequested):
+            effects = self._on_lease_request(event)
+        elif isinstance(event, LeaseReleased):
+            effects = self._on_lease_release(event)
         else:
             effects = self._on_query_request(event)
         effects.extend(self._membership_changes())
         effects.extend(self._after_hub_change(hub_before))
+        self._observe(effects)
         return effects
 
     def next_deadline(self) -> float | None:
@@ -224,6 +255,16 @@ class Node:
     def claims_rejected(self) -> dict[str, int]:
         """Return hub claims ignored, by reason: bad_signature, key_mismatch, stale_term."""
         return dict(self._router.election.rejected) if self._router is not None else {}
+
+    def mesh_stats(self) -> MeshStats | None:
+        """Return the hub's latest mesh-wide statistics as this node knows them, or None.
+
+        Every node reports per-tier figures to the hub every `config.hub.stats_interval_s`;
+        the hub publishes every fresh report to every node at the same interval. At the
+        hub this is its own latest publish. `.reports` holds one `StatsReport` per node,
+        `.totals()` the mesh-wide P2P share, conflicts by resolution and backlog.
+        """
+        return None if self._router is None else self._router.view
 
     def relay_backlog(self) -> dict[str, int]:
         """Return the envelopes this node holds as the hub, per priority (and deferred)."""
@@ -443,8 +484,26 @@ class Node:
             return [self._answer_query(peer_id, message)]
         if isinstance(message, MemoryResponse):
             return self._on_query_response(message)
-        if not isinstance(message, ErrorReport):
-            return []  # stats and lease messages: not handled by this node yet
+        if isinstance(message, StatsReport):
+            router = self._hub_router()
+            if router.is_hub and message.node_id == peer_id:
+                router.board.put(message, self._now)
+            return []
+        if isinstance(message, StatsPublish):
+            router = self._hub_router()
+            hub = router.hub
+            if hub is not None and message.hub_id == hub.id == peer_id:
+                router.view = MeshStats(message.hub_id, message.term, message.reports, self._now)
+            return []
+        if isinstance(message, LeaseRequest):
+            return self._on_lease_request_frame(peer_id, message)
+        if isinstance(message, LeaseGrant):
+            return self._on_lease_grant(message)
+        if isinstance(message, LeaseRelease):
+            router = self._hub_router()
+            if router.is_hub and message.node_id == peer_id:
+                router.leases.release(message.name, message.node_id, message.token)
+            return []
         return [Log("info", "peer reported an error", {"peer": peer_id, "error": str(message)})]
 
     def _outgoing(self, outgoing: list[Outgoing]) -> list[Effect]:
@@ -508,11 +567,12 @@ class Node:
         if flooded and forward and message.chunk is None:
             effects.extend(self._forward(peer_id, message, raw, frame.priority))
         if flooded:
-            counters = self._hub_router().counters
+            router = self._hub_router()
             if forward:
-                counters.p2p_received += 1
+                router.counters.p2p_received += 1
             else:
-                counters.relayed_received += 1
+                router.counters.relayed_received += 1
+            router.stats.on_batch(message.tier, message.items, relayed=not forward)
         if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
             effects.append(self._step1(peer_id, message.tier))
         return effects
@@ -627,6 +687,8 @@ class Node:
         if request.ack is AckLevel.LOCAL:
             effects.append(WriteAcked(request.request_id, tuple(items)))
         else:
+            tiers = frozenset(t for t, _u in updates)
+            self._write_started[request.request_id] = (self._now, tiers)
             waiting = WaitingWrite(
                 request.request_id,
                 request.ack,
@@ -703,19 +765,22 @@ class Node:
         """
         router = self._hub_router()
         hub_id = router.route(self._links)
-        if not priority.urgent and router.can_sign() and (hub_id is not None or router.is_hub):
+        relayable = router.can_sign() and (hub_id is not None or router.is_hub)
+        if not priority.urgent and relayable:
             inner = encode_message(
                 message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
             )
             if len(inner) + RELAY_OVERHEAD <= self.config.limits.max_frame_bytes:
                 envelope = router.seal(inner)
                 router.counters.relayed_sent += 1
+                router.stats.on_batch(message.tier, message.items, relayed=True)
                 if hub_id is None:  # we are the hub: fan our own update out by priority
                     return self._queue_relay(envelope, priority)
                 router.track(hub_id, message, priority, flags, self._now)
                 return [self._send(hub_id, envelope, priority)]
         peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
         router.counters.p2p_sent += 1
+        router.stats.on_batch(message.tier, message.items, relayed=False)
         hub = router.hub
         if priority.urgent and hub is not None and hub.id in peers:
             router.counters.hub_notified += 1
@@ -799,7 +864,121 @@ class Node:
         for pending in router.take_unacked(self._now):
             effects.extend(self._reflood(pending))
         effects.extend(self._drain_relay())
+        for lease_id, (request_id, name, due) in list(router.lease_pending.items()):
+            if self._now >= due:
+                del router.lease_pending[lease_id]
+                effects.append(
+                    LeaseAnswered(request_id, name, False, error="lease request timed out")
+                )
+        if self._now >= router.next_report:
+            router.next_report = self._now + self.config.hub.stats_interval_s
+            effects.extend(self._report_stats())
         return effects
+
+    def _report_stats(self) -> list[Effect]:
+        """Report our figures to the hub; as the hub, publish every fresh report to all."""
+        router = self._hub_router()
+        backlog = self._outbox.by_tier()
+        for tier, count in router.pending_by_tier().items():
+            backlog[tier] = backlog.get(tier, 0) + count
+        report = router.stats.report(self._now, backlog)
+        hub = router.hub
+        if hub is None:
+            return []
+        if not router.is_hub:
+            if hub.id not in self._links:
+                return []
+            return [self._send(hub.id, report, Priority.LOW)]
+        router.board.put(report, self._now)
+        publish = router.board.publish(self.node_id, hub.term, self._now)
+        router.view = MeshStats(self.node_id, hub.term, publish.reports, self._now)
+        return [self._send(p, publish, Priority.LOW) for p in sorted(self._links)]
+
+    def _observe(self, effects: list[Effect]) -> None:
+        """Feed the stats collector: ack latencies and conflicts among `effects`."""
+        stats = self._hub_router().stats
+        for effect in effects:
+            if isinstance(effect, WriteAcked | WriteFailed):
+                started = self._write_started.pop(effect.request_id, None)
+                if started is not None and isinstance(effect, WriteAcked):
+                    for tier in started[1]:
+                        stats.on_latency(tier, (self._now - started[0]) * 1000.0)
+            elif isinstance(effect, Emit):
+                for event in effect.events:
+                    if event.kind == "conflict":
+                        stats.on_conflict(event.tier, self._resolver_names.get(event.tier, "?"))
+
+    # ----------------------------------------------------------------- leases
+
+    def _on_lease_request(self, request: LeaseRequested) -> list[Effect]:
+        router = self._hub_router()
+        name, rid = request.name, request.request_id
+        if not 1 <= len(name) <= MAX_LEASE_NAME or not 0 < request.ttl_s <= MAX_LEASE_TTL_S:
+            return [LeaseAnswered(rid, name, False, error="bad lease name or ttl")]
+        hub = router.hub
+        if hub is None:
+            return [LeaseAnswered(rid, name, False, error="no hub")]
+        if router.is_hub:
+            grant = self._grant_lease(rid, name, self.node_id, request.ttl_s)
+            return [self._lease_answer(rid, grant)]
+        lease_id = router.new_lease_id()
+        router.lease_pending[lease_id] = (rid, name, self._now + request.timeout_s)
+        ttl_ms = max(1, int(request.ttl_s * 1000))
+        message = LeaseRequest(lease_id, self.node_id, name, ttl_ms)
+        return [self._send(hub.id, message, Priority.HIGH)]
+
+    def _grant_lease(self, request_id: int, name: str, node_id: str, ttl_s: float) -> LeaseGrant:
+        router = self._hub_router()
+        hub = router.hub
+        assert hub is not None and router.is_hub
+        router.leases.set_term(hub.term)
+        granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
+        left = max(0, int((lease.expires_at - self._now) * 1000))
+        token = lease.token if granted else 0
+        return LeaseGrant(request_id, name, lease.holder, granted, token, lease.term, left)
+
+    def _lease_answer(self, request_id: int, grant: LeaseGrant) -> LeaseAnswered:
+        if not grant.granted and grant.term == 0:
+            return LeaseAnswered(request_id, grant.name, False, error="not the hub")
+        return LeaseAnswered(
+            request_id,
+            grant.name,
+            grant.granted,
+            grant.token,
+            grant.term,
+            grant.holder,
+            grant.ttl_ms / 1000.0,
+        )
+
+    def _on_lease_request_frame(self, peer_id: str, request: LeaseRequest) -> list[Effect]:
+        router = self._hub_router()
+        if request.node_id != peer_id:
+            return []  # a lease is asked for by its holder, over its own link
+        if not router.is_hub:
+            refusal = LeaseGrant(request.request_id, request.name, self.node_id, False, 0, 0, 0)
+            return [self._send(peer_id, refusal, Priority.HIGH)]
+        ttl_s = min(request.ttl_ms / 1000.0, MAX_LEASE_TTL_S)
+        grant = self._grant_lease(request.request_id, request.name, peer_id, ttl_s)
+        return [self._send(peer_id, grant, Priority.HIGH)]
+
+    def _on_lease_grant(self, grant: LeaseGrant) -> list[Effect]:
+        pending = self._hub_router().lease_pending.pop(grant.request_id, None)
+        if pending is None or pending[1] != grant.name:
+            return []
+        return [self._lease_answer(pending[0], grant)]
+
+    def _on_lease_release(self, release: LeaseReleased) -> list[Effect]:
+        router = self._hub_router()
+        hub = router.hub
+        if hub is None:
+            return []
+        if router.is_hub:
+            router.leases.release(release.name, self.node_id, release.token)
+            return []
+        if not 1 <= len(release.name) <= MAX_LEASE_NAME:
+            return []
+        message = LeaseRelease(release.name, self.node_id, release.token)
+        return [self._send(hub.id, message, Priority.HIGH)]
 
     def _after_hub_change(self, before: HubInfo | None) -> list[Effect]:
         router = self._hub_router()
@@ -823,6 +1002,11 @@ class Node:
             effects.extend(self._reflood(pending))
         if after is not None:
             effects.extend(self.acks.on_hub(after.id, self.node_id))
+        if not router.is_hub:
+            router.leases = LeaseTable()  # only a serving hub keeps a table
+        for request_id, name, _due in router.lease_pending.values():
+            effects.append(LeaseAnswered(request_id, name, False, error="the hub changed"))
+        router.lease_pending.clear()
         if not router.is_hub:
             effects.extend(self._drain_relay(everything=True))  # we stepped down: hand it all
         effects.extend(self._maintain_links())

@@ -30,6 +30,7 @@ from mesh.effects import (
     Disconnect,
     Effect,
     Emit,
+    LeaseAnswered,
     Persist,
     Send,
     WriteAcked,
@@ -40,6 +41,8 @@ from mesh.inputs import (
     AckLevel,
     FrameReceived,
     Input,
+    LeaseReleased,
+    LeaseRequested,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -146,6 +149,7 @@ class World:
         self.nodes: dict[str, SimNode] = {}
         self.writes: dict[int, WriteRecord] = {}
         self.conflict_events = 0
+        self.lease_answers: dict[int, LeaseAnswered] = {}
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._busy_until: dict[tuple[str, str], float] = {}
@@ -292,6 +296,17 @@ class World:
         )
         return record
 
+    def lease(self, node_id: str, name: str, ttl_s: float) -> int:
+        """Ask a node for the advisory lease `name`; the answer lands in `lease_answers`."""
+        request_id = self._next_request
+        self._next_request += 1
+        self._input(node_id, LeaseRequested(request_id, name, ttl_s))
+        return request_id
+
+    def release(self, node_id: str, name: str, token: int) -> None:
+        """Have a node release the lease `name` it holds under `token`."""
+        self._input(node_id, LeaseReleased(name, token))
+
     # ----------------------------------------------------------------- running
 
     def run_until(self, t: float, *, stop: Callable[[], bool] | None = None) -> bool:
@@ -372,6 +387,8 @@ class World:
                 record = self.writes.get(effect.request_id)
                 if record is not None:
                     record.failed = effect.reason
+            elif isinstance(effect, LeaseAnswered):
+                self.lease_answers[effect.request_id] = effect
             elif isinstance(effect, Connect):
                 self._connect(sim.node_id, effect.peer_id)
             elif isinstance(effect, Disconnect):

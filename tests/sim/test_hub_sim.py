@@ -193,3 +193,62 @@ def test_saturated_hub_delivers_high_before_low_queued_earlier() -> None:
     last_high = max(arrived[h] for h in highs)
     late_lows = [low for low in lows if arrived[low] > last_high]
     assert len(late_lows) >= 4  # queued earlier, delivered after every HIGH
+
+
+def test_every_node_sees_mesh_wide_stats_from_the_hub() -> None:
+    config = replace(LAN, hub=replace(LAN.hub, stats_interval_s=1.0))
+    world = mesh(12, seed=2, config=config)
+    world.run_until(3.0)
+    for k in range(6):
+        world.write(f"n{k:03d}", [NewItem("L1", f"s{k}", f"st{k}")], ack=AckLevel.HUB)
+    world.write("n007", [NewItem("L2", "c", "crit-st")], priority=Priority.CRITICAL)
+    world.run_until(7.0)
+    hub = the_hub(world)
+    for sim in world.live():
+        view = sim.node.mesh_stats()
+        assert view is not None and view.hub_id == hub
+        assert sorted(r.node_id for r in view.reports) == sorted(world.nodes)
+    view = world.nodes["n003"].node.mesh_stats()
+    assert view is not None
+    totals = view.totals()
+    assert totals["relayed_batches"] > 0 and totals["p2p_batches"] > 0
+    own = next(r for r in view.reports if r.node_id == "n000")
+    l1 = next(t for t in own.tiers if t.tier == "L1")
+    assert l1.relayed >= 1  # sent one through the hub, received the others relayed
+
+
+def test_leases_are_exclusive_and_fencing_tokens_grow_across_failover() -> None:
+    world = mesh(8, seed=6)
+    world.run_until(3.0)
+    hub = the_hub(world)
+    assert hub == "n007"
+    first = world.lease("n001", "printer", 10.0)
+    world.run_until(3.1)
+    grant = world.lease_answers[first]
+    assert grant.granted and grant.holder == "n001" and grant.term >= 1
+    second = world.lease("n002", "printer", 10.0)
+    world.run_until(3.2)
+    refused = world.lease_answers[second]
+    assert not refused.granted and refused.holder == "n001" and refused.ttl_s > 9.0
+    world.release("n001", "printer", grant.token)
+    third = world.lease("n002", "printer", 10.0)
+    world.run_until(3.3)
+    after_release = world.lease_answers[third]
+    assert after_release.granted and after_release.token > grant.token
+    world.crash(hub)
+    world.run_until(8.0)
+    new_hub = the_hub(world)
+    assert new_hub not in (None, hub)
+    fourth = world.lease("n003", "printer", 10.0)  # the new hub never saw n002's lease
+    world.run_until(8.1)
+    fenced = world.lease_answers[fourth]
+    assert fenced.granted and fenced.token > after_release.token and fenced.term > grant.term
+
+
+def test_lease_without_hub_is_refused_at_once() -> None:
+    world = World(1, config=LAN, discovery="burst")  # no keys: no hub
+    for i in range(3):
+        world.add_node(f"n{i}")
+    world.run_until(3.0)
+    answer = world.lease_answers[world.lease("n0", "x", 1.0)]
+    assert not answer.granted and answer.error == "no hub"
