@@ -143,6 +143,7 @@ class World:
         self.links_required = links_required
         self.hub_role = hub_role
         self.keyring: dict[str, bytes] = {}
+        self.keyless: set[str] = set()  # with hub_role: nodes booted without a key
         self._verifier = Ed25519Verifier(self.keyring)
         self.now = 0.0
         self.rng = random.Random(f"world-{seed}")
@@ -203,7 +204,7 @@ class World:
         for tier in memory.tiers:
             memory.load(tier, [u for t, u in disk.updates if t == tier])
         signer = None
-        if self.hub_role:
+        if self.hub_role and node_id not in self.keyless:
             seed = hashlib.sha256(f"sim-key-{self.seed}-{node_id}".encode()).digest()
             signer = Ed25519Signer(seed)
             self.keyring[node_id] = signer.public_key

@@ -252,3 +252,35 @@ def test_lease_without_hub_is_refused_at_once() -> None:
     world.run_until(3.0)
     answer = world.lease_answers[world.lease("n0", "x", 1.0)]
     assert not answer.granted and answer.error == "no hub"
+
+
+def test_a_batch_handed_to_a_dead_hub_is_flooded_peer_to_peer() -> None:
+    world = mesh(10, seed=8)
+    world.run_until(3.0)
+    hub = the_hub(world)
+    assert hub == "n009"
+    world.crash(hub)  # nobody knows yet: the next batch is handed to the dead hub
+    record = world.write("n002", [NewItem("L3", "orphan", "orphan")], ack=AckLevel.PEER)
+    world.run_until(world.now + 0.2)
+    counters = world.nodes["n002"].node.hub_counters
+    assert counters.relayed_sent == 1
+    assert not world.holds_everything(["orphan"])
+    world.run_until(world.now + 1.5)  # relay_ack_timeout_s, or the hub is declared lost
+    assert counters.relay_fallbacks == 1
+    assert record.acked_at is not None
+    assert world.holds_everything(["orphan"])
+
+
+def test_a_node_without_a_key_follows_the_hub_and_floods_its_own_updates() -> None:
+    world = World(9, config=LAN, discovery="burst", hub_role=True)
+    world.keyless.add("n002")  # as a node that cannot sign
+    for i in range(6):
+        world.add_node(f"n{i:03d}")
+    keyless = world.nodes["n002"]
+    world.run_until(3.0)
+    assert the_hub(world) == "n005"
+    world.write("n002", [NewItem("L1", "k", "keyless")], ack=AckLevel.HUB)
+    world.run_until(3.5)
+    counters = keyless.node.hub_counters
+    assert counters.p2p_sent == 1 and counters.relayed_sent == 0
+    assert world.holds_everything(["keyless"])
