@@ -82,6 +82,18 @@ class AckTracker:
                 self._forget(request_id)
         return effects
 
+    def on_hub(self, hub_id: str, self_id: str) -> list[Effect]:
+        """A (new) hub was adopted: `hub` writes it already committed, or ours, are acked."""
+        effects: list[Effect] = []
+        for request_id, pending in list(self._pending.items()):
+            if pending.level is not AckLevel.HUB:
+                continue
+            done = pending.peers_with_everything()
+            if hub_id == self_id or hub_id in done:
+                effects.append(WriteAcked(request_id, pending.items, tuple(sorted(done))))
+                self._forget(request_id)
+        return effects
+
     def forget_peer(self, peer_id: str) -> list[Effect]:
         """A member left or died: `all` writes stop waiting for it (it is no longer live)."""
         effects: list[Effect] = []

@@ -44,6 +44,11 @@ MAX_K: Final = 1000
 U16: Final = 0xFFFF
 U32: Final = 0xFFFF_FFFF
 U64: Final = 0xFFFF_FFFF_FFFF_FFFF
+MAX_LEASE_NAME: Final = 128
+MAX_STATS_NODES: Final = 1024  # reports in one STATS_PUBLISH
+MAX_CONFLICT_KINDS: Final = 16
+PUBLIC_KEY_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
 _SYNC_CHECKSUM_AT: Final = 6  # index of the checksum among MEMORY_SYNC fields (after the tag)
 _ENVELOPE_FLAGS: Final = Flags.ENCRYPTED | Flags.SIGNED
 
@@ -245,6 +250,93 @@ def _error(f: list[Any], limits: Limits) -> m.ErrorReport:
     return m.ErrorReport(_int(f[0], "code", U16), message, detail)
 
 
+def _bin(value: Any, name: str, size: int) -> bytes:
+    """Return exactly `size` bytes."""
+    return _sized(value, name, bytes, size, size)
+
+
+def _claim(f: list[Any], limits: Limits) -> m.HubClaim:
+    """Parse `[node_id, term, seq, score, public_key, signature]`."""
+    return m.HubClaim(
+        _node(f[0], "node_id"),
+        _int(f[1], "term", U64),
+        _int(f[2], "seq", U64),
+        _int(f[3], "score", U32),
+        _bin(f[4], "public_key", PUBLIC_KEY_BYTES),
+        _bin(f[5], "signature", SIGNATURE_BYTES),
+    )
+
+
+def _relay(f: list[Any], limits: Limits) -> m.HubRelay:
+    """Parse `[origin, public_key, signature, frame]`; the frame is at most one frame long."""
+    return m.HubRelay(
+        _node(f[0], "origin"),
+        _bin(f[1], "public_key", PUBLIC_KEY_BYTES),
+        _bin(f[2], "signature", SIGNATURE_BYTES),
+        _sized(f[3], "frame", bytes, limits.max_frame_bytes, 1),
+    )
+
+
+def _tier_stats(value: Any) -> m.TierStats:
+    """Parse `[tier, syncs_per_min, items_per_batch, latency_ms, p2p, relayed, backlog, conf]`."""
+    tier, rate, size, latency, p2p, relayed, backlog, conf = _sized(value, "stats", list, 8, 8)
+    pairs = [_sized(c, "conflict", list, 2, 2) for c in _sized(conf, "conflicts", list, 16)]
+    conflicts = tuple(
+        (_sized(k, "resolution", str, MAX_LABEL, 1), _int(n, "conflicts", U64)) for k, n in pairs
+    )
+    _unique([k for k, _n in conflicts], "conflicts")
+    return m.TierStats(
+        _tier(tier),
+        _float(rate, "syncs_per_min"),
+        _float(size, "items_per_batch"),
+        _float(latency, "latency_ms"),
+        _int(p2p, "p2p", U64),
+        _int(relayed, "relayed", U64),
+        _int(backlog, "backlog", U64),
+        conflicts,
+    )
+
+
+def _report_of(value: Any) -> m.StatsReport:
+    """Parse `[node_id, [tier stats]≤3]` with each tier at most once."""
+    node, tiers = _sized(value, "report", list, 2, 2)
+    stats = tuple(_tier_stats(t) for t in _sized(tiers, "tiers", list, len(KNOWN_TIERS)))
+    _unique([s.tier for s in stats], "tiers")
+    return m.StatsReport(_node(node, "node_id"), stats)
+
+
+def _publish(f: list[Any], limits: Limits) -> m.StatsPublish:
+    """Parse `[hub_id, term, [report]≤1024]` with each node at most once."""
+    reports = tuple(_report_of(r) for r in _sized(f[2], "reports", list, MAX_STATS_NODES))
+    _unique([r.node_id for r in reports], "reports")
+    return m.StatsPublish(_node(f[0], "hub_id"), _int(f[1], "term", U64), reports)
+
+
+def _lease_name(value: Any) -> str:
+    """Return a lease name: 1..128 characters."""
+    return _sized(value, "name", str, MAX_LEASE_NAME, 1)
+
+
+def _lease_request(f: list[Any], limits: Limits) -> m.LeaseRequest:
+    """Parse `[request_id, node_id, name, ttl_ms]`."""
+    return m.LeaseRequest(
+        _int(f[0], "request_id", U64), _node(f[1], "node_id"), _lease_name(f[2]), _u32(f[3], "ttl")
+    )
+
+
+def _lease_grant(f: list[Any], limits: Limits) -> m.LeaseGrant:
+    """Parse `[request_id, name, holder, granted, token, term, ttl_ms]`."""
+    return m.LeaseGrant(
+        _int(f[0], "request_id", U64),
+        _lease_name(f[1]),
+        _node(f[2], "holder"),
+        _bool(f[3], "granted"),
+        _int(f[4], "token", U64),
+        _int(f[5], "term", U64),
+        _u32(f[6], "ttl_ms"),
+    )
+
+
 _Parser = Callable[[list[Any], Limits], Message]
 # Each payload type: its field count after the tag, and its parser (fields, limits) -> message.
 _PARSERS: Final[dict[MsgType, tuple[int, _Parser]]] = {
@@ -259,6 +351,18 @@ _PARSERS: Final[dict[MsgType, tuple[int, _Parser]]] = {
     MsgType.MEMORY_QUERY: (5, _query),
     MsgType.MEMORY_RESPONSE: (5, _response),
     MsgType.ERROR: (3, _error),
+    MsgType.HUB_CLAIM: (6, _claim),
+    MsgType.HUB_RELAY: (4, _relay),
+    MsgType.STATS_REPORT: (1, lambda f, _: _report_of(f[0])),
+    MsgType.STATS_PUBLISH: (3, _publish),
+    MsgType.LEASE_REQUEST: (4, _lease_request),
+    MsgType.LEASE_GRANT: (7, _lease_grant),
+    MsgType.LEASE_RELEASE: (
+        3,
+        lambda f, _: m.LeaseRelease(
+            _lease_name(f[0]), _node(f[1], "node_id"), _int(f[2], "token", U64)
+        ),
+    ),
 }
 
 
@@ -299,7 +403,44 @@ def _to_wire(msg: Message) -> tuple[MsgType, list[Any]]:
         case m.ErrorReport():
             detail = [[k, v] for k, v in msg.detail.items()]
             return MsgType.ERROR, [msg.code, msg.message, detail]
+        case m.HubClaim():
+            fields = [msg.node_id, msg.term, msg.seq, msg.score, msg.public_key]
+            return MsgType.HUB_CLAIM, [*fields, msg.signature]
+        case m.HubRelay():
+            return MsgType.HUB_RELAY, [msg.origin, msg.public_key, msg.signature, msg.frame]
+        case m.StatsReport():
+            return MsgType.STATS_REPORT, [_wire_report(msg)]
+        case m.StatsPublish():
+            reports = [_wire_report(r) for r in msg.reports]
+            return MsgType.STATS_PUBLISH, [msg.hub_id, msg.term, reports]
+        case m.LeaseRequest():
+            return MsgType.LEASE_REQUEST, [msg.request_id, msg.node_id, msg.name, msg.ttl_ms]
+        case m.LeaseGrant():
+            head = [msg.request_id, msg.name, msg.holder, msg.granted]
+            return MsgType.LEASE_GRANT, [*head, msg.token, msg.term, msg.ttl_ms]
+        case m.LeaseRelease():
+            return MsgType.LEASE_RELEASE, [msg.name, msg.node_id, msg.token]
     raise MessageError(f"not a message: {type(msg).__name__}")
+
+
+def _wire_report(report: m.StatsReport) -> list[Any]:
+    """Return a StatsReport as `[node_id, [[tier, rate, size, latency, ...], ...]]`."""
+    return [
+        report.node_id,
+        [
+            [
+                t.tier,
+                float(t.syncs_per_min),
+                float(t.items_per_batch),
+                float(t.latency_ms),
+                t.p2p,
+                t.relayed,
+                t.backlog,
+                [[k, n] for k, n in t.conflicts],
+            ]
+            for t in report.tiers
+        ],
+    ]
 
 
 def batch_count_of(msg: Message) -> int:
@@ -315,6 +456,12 @@ def batch_count_of(msg: Message) -> int:
             return len(msg.ids)
         case m.MemoryResponse():
             return len(msg.records) + len(msg.hits)
+        case m.HubRelay():
+            return 1
+        case m.StatsReport():
+            return len(msg.tiers)
+        case m.StatsPublish():
+            return len(msg.reports)
     return 0
 
 
@@ -331,6 +478,8 @@ def encode_message(
     batch_count = batch_count_of(msg)
     if flags & _ENVELOPE_FLAGS:
         raise MessageError("ENCRYPTED and SIGNED are reserved for the envelope layer")
+    if isinstance(msg, m.HubRelay):
+        flags |= Flags.SIGNED  # the one signed envelope: an origin-signed relayed frame
     _int(timestamp_ns, "timestamp_ns", U64)
     _int(batch_count, "batch_count", limits.max_batch_count)
     _PARSERS[kind][1](fields, limits)  # refuse locally what every peer would refuse
@@ -372,8 +521,9 @@ def _unpack(payload: bytes, limits: Limits) -> list[Any]:
 def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Frame, Message]:
     """Return the frame and its checked message; raise FrameError (only) on anything wrong."""
     frame = decode_frame(data, limits)
-    if frame.flags & _ENVELOPE_FLAGS:
-        raise MessageError("ENCRYPTED/SIGNED frames must be opened by the envelope layer")
+    signed = frame.msg_type is MsgType.HUB_RELAY
+    if frame.flags & Flags.ENCRYPTED or bool(frame.flags & Flags.SIGNED) != signed:
+        raise MessageError("SIGNED is set exactly on HUB_RELAY; ENCRYPTED is reserved")
     entry = _PARSERS.get(frame.msg_type)
     if entry is None:
         raise MessageError(f"no payload codec for {frame.msg_type.name} (reserved)")

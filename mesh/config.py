@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from crdt.config import MemoryConfig
+from hub_role.config import HubConfig
 from mesh.frames import DEFAULT_LIMITS, Limits
 from mesh.membership import SwimConfig
 
@@ -32,6 +33,7 @@ class NodeConfig:
     step1_guard_s: float = 2.0
     profile: str = "standard"
     hub_eligible: bool = True
+    hub: HubConfig = field(default_factory=HubConfig)  # election and relay (hub_role)
 
     @classmethod
     def lan(cls, **overrides: object) -> NodeConfig:

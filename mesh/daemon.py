@@ -20,6 +20,7 @@ from typing import Any
 from crdt.item import MemoryItem
 from discovery.mdns import MdnsDiscovery
 from discovery.records import PeerRecord
+from hub_role.signing import Ed25519Signer
 from mesh.api import Mesh
 from mesh.cli_net import run_in_daemon
 from mesh.control import ControlServer
@@ -83,7 +84,9 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
         async with Mesh.open(options.data_dir, config=config.memory) as mesh:
             self.mesh = mesh
-            node = Node(mesh.memory, config, random.Random(os.urandom(16)))
+            # The node key signs hub claims and relayed frames (hub_role).
+            signer = Ed25519Signer(bytes(setup.identity.signing_key))
+            node = Node(mesh.memory, config, random.Random(os.urandom(16)), signer=signer)
             committer = mesh._running()
             holder: dict[str, NodeRuntime] = {}
             host = options.interfaces[0] if len(options.interfaces) == 1 else "0.0.0.0"

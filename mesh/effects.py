@@ -86,6 +86,26 @@ class QueryAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseAnswered:
+    """The answer to `LeaseRequested` (same `request_id`).
+
+    Granted: this node holds `name` until `ttl_s` from now on the hub's clock, fenced by
+    `token` (larger than every earlier grant, in this term and all earlier terms). Refused:
+    `holder` holds it for `ttl_s` more; or `error` says why there is no answer (no hub,
+    timed out, the hub changed, not the hub, bad request).
+    """
+
+    request_id: int
+    name: str
+    granted: bool
+    token: int = 0
+    term: int = 0
+    holder: str = ""
+    ttl_s: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Something worth a log line: refusals, bad frames, membership changes."""
 
@@ -95,5 +115,14 @@ class Log:
 
 
 Effect = (
-    Send | Connect | Disconnect | Persist | Emit | WriteAcked | WriteFailed | QueryAnswered | Log
+    Send
+    | Connect
+    | Disconnect
+    | Persist
+    | Emit
+    | WriteAcked
+    | WriteFailed
+    | QueryAnswered
+    | LeaseAnswered
+    | Log
 )

@@ -84,6 +84,28 @@ class QueryRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRequested:
+    """The local user asked the hub for the advisory lease `name` for `ttl_s` seconds.
+
+    Answered by a `LeaseAnswered` effect with the same `request_id` (granted with a
+    fencing token, refused with the current holder, or an error: no hub, timeout).
+    """
+
+    request_id: int
+    name: str
+    ttl_s: float
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReleased:
+    """The local user gives up the lease `name` it holds under fencing `token` (no answer)."""
+
+    name: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; the node runs whatever timers are due at `now`."""
 
@@ -96,5 +118,7 @@ Input = (
     | FrameReceived
     | WriteRequested
     | QueryRequested
+    | LeaseRequested
+    | LeaseReleased
     | Tick
 )

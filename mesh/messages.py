@@ -150,6 +150,98 @@ class ErrorReport:
     detail: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HubClaim:
+    """HUB_CLAIM: `node_id` claims (or, with a new `seq`, re-asserts) the hub role in `term`.
+
+    `signature` is `node_id`'s Ed25519 signature of `hub_role.election.claim_bytes(...)`.
+    """
+
+    node_id: str
+    term: int
+    seq: int
+    score: int
+    public_key: bytes  # 32 bytes
+    signature: bytes  # 64 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HubRelay:
+    """HUB_RELAY: one MEMORY_SYNC frame (`frame`, whole and as encoded by its origin), signed.
+
+    `signature` is `origin`'s Ed25519 signature of `hub_role.relay.relay_bytes(frame)`, so
+    the hub that forwards it cannot alter a bit undetected.
+    """
+
+    origin: str
+    public_key: bytes  # 32 bytes
+    signature: bytes  # 64 bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    """One node's figures for one tier over its last report interval."""
+
+    tier: str
+    syncs_per_min: float = 0.0  # update batches sent and applied, per minute
+    items_per_batch: float = 0.0  # mean items per batch
+    latency_ms: float = 0.0  # mean write-to-ack round trip
+    p2p: int = 0  # batches sent or received peer to peer (cumulative)
+    relayed: int = 0  # batches sent or received through the hub (cumulative)
+    backlog: int = 0  # updates waiting to be sent now
+    conflicts: tuple[tuple[str, int], ...] = ()  # (resolution, count), cumulative
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """STATS_REPORT: a node's per-tier figures, sent to the hub."""
+
+    node_id: str
+    tiers: tuple[TierStats, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatsPublish:
+    """STATS_PUBLISH: the hub's aggregate of the latest report of every node."""
+
+    hub_id: str
+    term: int
+    reports: tuple[StatsReport, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """LEASE_REQUEST: `node_id` asks the hub for the advisory lease `name` for `ttl_ms`."""
+
+    request_id: int
+    node_id: str
+    name: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """LEASE_GRANT: the hub's answer; `token` is the fencing token when `granted`."""
+
+    request_id: int
+    name: str
+    holder: str  # the node holding the lease now (the requester when granted)
+    granted: bool
+    token: int
+    term: int
+    ttl_ms: int  # time left on the lease, from the hub's point of view
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRelease:
+    """LEASE_RELEASE: the holder gives the lease up (`token` names the grant)."""
+
+    name: str
+    node_id: str
+    token: int
+
+
 Message = (
     Hello
     | Ping
@@ -162,4 +254,11 @@ Message = (
     | MemoryQuery
     | MemoryResponse
     | ErrorReport
+    | HubClaim
+    | HubRelay
+    | StatsReport
+    | StatsPublish
+    | LeaseRequest
+    | LeaseGrant
+    | LeaseRelease
 )

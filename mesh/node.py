@@ -14,7 +14,10 @@ import numpy as np
 from crdt.errors import MemmeshError
 from crdt.item import MemoryItem, to_record
 from crdt.memory import Change, TieredMemory
+from crdt.resolvers import BUILTIN_RESOLVERS
 from crdt.tier import CorruptUpdateError
+from hub_role.router import HubRouter
+from hub_role.signing import Ed25519Verifier, Signer, Verifier
 from mesh.acks import AckTracker
 from mesh.chunking import Reassembler, max_chunk_for, split_body
 from mesh.codec import decode_message, encode_message
@@ -36,6 +39,8 @@ from mesh.inputs import (
     AckLevel,
     FrameReceived,
     Input,
+    LeaseReleased,
+    LeaseRequested,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -48,6 +53,11 @@ from mesh.membership import Membership, Outgoing
 from mesh.messages import (
     Digest,
     Hello,
+    HubClaim,
+    HubRelay,
+    LeaseGrant,
+    LeaseRelease,
+    LeaseRequest,
     MemberState,
     MemoryQuery,
     MemoryResponse,
@@ -57,9 +67,12 @@ from mesh.messages import (
     PingAck,
     PingReq,
     Resume,
+    StatsPublish,
+    StatsReport,
     SyncAck,
     SyncKind,
 )
+from mesh.node_hub import HubRole
 from mesh.outbox import Outbox, WaitingWrite
 
 BROADCAST = "*"
@@ -92,8 +105,11 @@ class TransferProgress:
     items_total: int
 
 
-class Node:
-    """One mesh node's protocol state: membership, links, sync sessions, acks, queries."""
+class Node(HubRole):
+    """One mesh node's protocol state: membership, links, sync sessions, acks, queries.
+
+    The hub role (election, relay, stats, leases) is in `mesh.node_hub.HubRole`.
+    """
 
     def __init__(
         self,
@@ -102,8 +118,16 @@ class Node:
         rng: random.Random,
         *,
         incarnation: int = 0,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
-        """Wrap a loaded memory; `rng` is the node's only source of randomness."""
+        """Wrap a loaded memory; `rng` is the node's only source of randomness.
+
+        `signer` signs this node's hub claims and relayed frames (the daemon passes its
+        `NodeIdentity`'s key). Without one the node never claims the hub role and floods its
+        updates peer to peer (it still follows and uses a hub for acks). `verifier` checks
+        other nodes' signatures; by default a key must derive the claimed node id.
+        """
         self.node_id = memory.node_id
         self.memory = memory
         self.config = config
@@ -126,12 +150,35 @@ class Node:
         self._next_query_id = 1
         self._next_ae: float | None = None
         self._now = 0.0
+        self._signer = signer
+        self._verifier: Verifier = verifier if verifier is not None else Ed25519Verifier()
+        self._router: HubRouter | None = None  # created at the first input (it needs `now`)
+        self._write_started: dict[int, tuple[float, frozenset[str]]] = {}
+        self._resolver_names = {
+            tier: next(
+                (n for n, f in BUILTIN_RESOLVERS.items() if f is policy.resolver),
+                getattr(policy.resolver, "__name__", "custom"),
+            )
+            for tier, policy in memory.config.tiers.items()
+        }
 
     # ----------------------------------------------------------------- driving
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         """Apply one input at time `now` and return the effects, to be run in order."""
         self._now = now
+        if self._router is None:
+            score = self.config.hub.score if self.config.hub_eligible else 0
+            self._router = HubRouter(
+                self.node_id,
+                score,
+                self.config.hub,
+                self._verifier,
+                self._signer,
+                now,
+                self.config.tiers,
+            )
+        hub_before = self._router.hub
         if self._next_ae is None:
             self._next_ae = now + self._rng.uniform(0, self.config.anti_entropy_interval_s)
         effects: list[Effect]
@@ -151,9 +198,15 @@ class Node:
             effects = self._maintain_links()
         elif isinstance(event, PeerLost):
             effects = []
+        elif isinstance(event, LeaseRequested):
+            effects = self._on_lease_request(event)
+        elif isinstance(event, LeaseReleased):
+            effects = self._on_lease_release(event)
         else:
             effects = self._on_query_request(event)
         effects.extend(self._membership_changes())
+        effects.extend(self._after_hub_change(hub_before))
+        self._observe(effects)
         return effects
 
     def next_deadline(self) -> float | None:
@@ -165,6 +218,7 @@ class Node:
             self.acks.next_deadline(),
             min((d for _r, d in self._queries.values()), default=None),
             min((at for _n, at in self._retry_at.values()), default=None),
+            None if self._router is None else self._router.next_deadline(),
         ]
         earliest = min((c for c in candidates if c is not None), default=None)
         # An overdue timer (e.g. gossip queued by a frame after its slot passed) is due now.
@@ -249,11 +303,16 @@ class Node:
             return set(alive) | set(dead)
         alive_set = set(alive)
         keep = {p for p in self._links | set(self._connecting) if p in alive_set}
-        missing = self.config.random_links - len(keep)
+        # Every node links to the hub, plus `random_links` random peers: links grow
+        # linearly with the mesh (the hub holds one per member).
+        hub = self.hub
+        hub_id = hub.id if hub is not None and hub.id in alive_set else None
+        wanted = keep | ({hub_id} if hub_id is not None else set())
+        missing = self.config.random_links - len(keep - {hub_id})
         if missing <= 0:
-            return keep
-        spare = sorted(alive_set - keep)
-        return keep | set(self._rng.sample(spare, min(missing, len(spare))))
+            return wanted
+        spare = sorted(alive_set - wanted)
+        return wanted | set(self._rng.sample(spare, min(missing, len(spare))))
 
     def _maintain_links(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -365,7 +424,15 @@ class Node:
         if isinstance(message, Digest):
             return self._on_digest(peer_id, message)
         if isinstance(message, SyncAck):
-            return list(self.acks.on_ack(message.batch_id, message.node_id, None))
+            router = self._hub_router()
+            router.on_ack(message.batch_id, message.node_id)
+            hub = router.hub
+            hub_id = hub.id if hub is not None else None
+            return list(self.acks.on_ack(message.batch_id, message.node_id, hub_id))
+        if isinstance(message, HubClaim):
+            return self._on_claim(peer_id, message, raw)
+        if isinstance(message, HubRelay):
+            return self._on_relay(peer_id, message)
         if isinstance(message, Hello):
             self._peer_tiers[peer_id] = message.tiers
             self.membership.add(peer_id, self._now)
@@ -376,6 +443,10 @@ class Node:
             return [self._answer_query(peer_id, message)]
         if isinstance(message, MemoryResponse):
             return self._on_query_response(message)
+        if isinstance(
+            message, StatsReport | StatsPublish | LeaseRequest | LeaseGrant | LeaseRelease
+        ):
+            return self._on_hub_message(peer_id, message)
         return [Log("info", "peer reported an error", {"peer": peer_id, "error": str(message)})]
 
     def _outgoing(self, outgoing: list[Outgoing]) -> list[Effect]:
@@ -385,7 +456,16 @@ class Node:
 
     # ----------------------------------------------------------------- sync
 
-    def _on_sync(self, peer_id: str, frame: Frame, message: MemorySync, raw: bytes) -> list[Effect]:
+    def _on_sync(
+        self,
+        peer_id: str,
+        frame: Frame,
+        message: MemorySync,
+        raw: bytes,
+        *,
+        forward: bool = True,
+    ) -> list[Effect]:
+        """Apply a MEMORY_SYNC; flood a broadcast update on unless `forward` is False (relayed)."""
         effects: list[Effect] = []
         flooded = message.kind is SyncKind.UPDATE and message.target == BROADCAST
         if flooded:
@@ -405,13 +485,13 @@ class Node:
             # A flooded body's pieces may come over different links (deduplicated per
             # piece above), so reassemble them under their origin, not the neighbour.
             assembled = self._collect_chunk(message.source if flooded else peer_id, message)
-            if flooded:
+            if flooded and forward:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             if assembled is None:
                 return effects
             body = assembled
         if message.tier not in self.config.tiers:
-            if flooded and message.chunk is None:
+            if flooded and forward and message.chunk is None:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             return effects
         if message.kind is SyncKind.STEP1:
@@ -427,8 +507,15 @@ class Node:
             if flooded and message.chunk is None:
                 self._seen[key] = True
             effects.extend(self._ack_if_asked(frame, message))
-        if flooded and message.chunk is None:
+        if flooded and forward and message.chunk is None:
             effects.extend(self._forward(peer_id, message, raw, frame.priority))
+        if flooded:
+            router = self._hub_router()
+            if forward:
+                router.counters.p2p_received += 1
+            else:
+                router.counters.relayed_received += 1
+            router.stats.on_batch(message.tier, message.items, relayed=not forward)
         if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
             effects.append(self._step1(peer_id, message.tier))
         return effects
@@ -543,6 +630,8 @@ class Node:
         if request.ack is AckLevel.LOCAL:
             effects.append(WriteAcked(request.request_id, tuple(items)))
         else:
+            tiers = frozenset(t for t, _u in updates)
+            self._write_started[request.request_id] = (self._now, tiers)
             waiting = WaitingWrite(
                 request.request_id,
                 request.ack,
@@ -574,9 +663,13 @@ class Node:
                 batch.updates,
             )
             flags = Flags.BATCHED | (Flags.REQUIRES_ACK if ack_wanted else Flags.NONE)
-            peers = [p for p in sorted(self._links) if batch.tier in self._shared_tiers(p)]
-            effects.extend(self._send_sync(peers, message, batch.priority, flags))
+            effects.extend(self._route_update(message, batch.priority, flags))
+        router = self._hub_router()
         for write in writes:
+            if write.level is AckLevel.HUB and router.is_hub:
+                # Committed here, and here is the hub.
+                effects.append(WriteAcked(write.request_id, write.items, (self.node_id,)))
+                continue
             # "all" means every live member that replicates what the write touched: a
             # phone keeping only L1 never acks an L3 write.
             required = (
@@ -656,6 +749,7 @@ class Node:
             self._next_ae = now + self.config.anti_entropy_interval_s
             effects.extend(self._anti_entropy())
         effects.extend(self.acks.expire(now))
+        effects.extend(self._hub_tick())
         for query_id, (request_id, deadline) in list(self._queries.items()):
             if now >= deadline:
                 del self._queries[query_id]
@@ -688,6 +782,8 @@ class Node:
                 )
             )
             if change.new in (MemberState.DEAD, MemberState.LEFT):
+                alive = [p for p in self.membership.alive() if p != self.node_id]
+                self._hub_router().election.on_member_dead(change.node_id, self._now, alive)
                 if change.node_id in self._links:
                     self._links.discard(change.node_id)
                     effects.append(Disconnect(change.node_id, change.new.name.lower()))

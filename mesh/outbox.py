@@ -69,6 +69,10 @@ class Outbox:
         """Return the number of queued updates."""
         return sum(len(v) for v in self._updates.values())
 
+    def by_tier(self) -> dict[str, int]:
+        """Return the number of queued updates per tier."""
+        return {tier: len(v) for tier, v in self._updates.items() if v}
+
     def flush(self) -> tuple[list[Batch], list[WaitingWrite]]:
         """Return one merged batch per tier and the writes they carry; empty the outbox."""
         batches = [

@@ -33,6 +33,10 @@ definitions:
                         (conflict_events: conflict events emitted by all nodes together)
   bytes/messages_per_node
                         frames handed to the network over the whole run, divided by N
+  failover_s            hub-failover: from killing the hub until every live node follows
+                        one new hub and it has relayed a frame
+  relayed_share/p2p_share
+                        update batches sent through the hub / flooded peer to peer
 
 scenarios:
 """ + "\n".join(f"  {name:<22}{DESCRIPTIONS[name]}" for name in SCENARIOS)
@@ -93,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliver a frame only over an open link, as the WebRTC transport does "
         "(default: any two reachable nodes can talk)",
     )
+    run_group.add_argument(
+        "--hub",
+        action="store_true",
+        default=None,
+        help="nodes elect a hub and relay HIGH/NORMAL/LOW through it (always on in "
+        "hub-failover); durable writes then ask ack=hub instead of ack=peer",
+    )
+    run_group.add_argument(
+        "--kill-hub-after", type=float, help="hub-failover: kill the hub this long into the run"
+    )
     return parser
 
 
@@ -129,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             discovery=args.discovery,
             timer_quantum_s=args.timer_quantum,
             links_required=args.links_required,
+            hub_role=args.hub,
+            kill_hub_after_s=args.kill_hub_after,
         )
         if args.plot is not None:
             check_plot_available()

@@ -62,6 +62,20 @@ def human(summary: dict[str, Any]) -> str:
             f"  idle: {summary['idle_bytes_per_s_per_node']:.0f} B/s per node "
             f"({summary['idle_messages_per_s_per_node']:.2f} messages/s)"
         )
+    hub = summary.get("hub")
+    if hub is not None:
+        lines.append(
+            f"  hub: {hub['id']} (term {hub['term']}), {100 * hub['relayed_share']:.0f}% of "
+            f"update batches relayed, {100 * hub['p2p_share']:.0f}% peer to peer, "
+            f"{hub['links_per_node']:.1f} links per node"
+        )
+    if "failover_s" in summary:
+        failover = summary["failover_s"]
+        took = "never" if failover is None else f"{failover:.2f} s"
+        lines.append(
+            f"  failover: {summary['killed_hub']} killed, {summary['new_hub']} relaying "
+            f"after {took}"
+        )
     phases = ", ".join(
         f"{p['name']} {p['start_s']:.2f}-{p['end_s']:.2f} s" for p in summary["phases"]
     )

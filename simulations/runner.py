@@ -11,6 +11,15 @@ Definitions (also in docs/PERFORMANCE.md):
   node at the end of the run;
 - `conflicts` counts distinct item ids in conflict on at least one live node at the end;
   `conflict_events` is the total of conflict events every node emitted (`World`).
+
+With the hub role (`hub_role`, always on in `hub-failover`):
+
+- `hub` reports the hub every live node follows at the end (or null if they disagree), its
+  term, and how update batches travelled: `relayed_batches` through the hub,
+  `p2p_batches` flooded peer to peer (CRITICAL/EMERGENCY, no hub, or a fallback), and
+  `relayed_share` / `p2p_share` of the two;
+- `failover_s` (hub-failover) runs from the kill of the hub to the first check at which
+  every live node follows one new hub and that hub has relayed at least one envelope.
 """
 
 from __future__ import annotations
@@ -80,6 +89,7 @@ class Runner:
             discovery="burst" if params.discovery == "burst" else "pairwise",
             timer_quantum_s=params.timer_quantum_s,
             links_required=params.links_required,
+            hub_role=params.hub_role,
         )
         self.tracker = DeliveryTracker(self.world)
         self._rng = random.Random(f"runner-{params.scenario}-{params.seed}")
@@ -91,6 +101,11 @@ class Runner:
         self._payload_bytes = 0
         self._crashes = 0
         self._restarts = 0
+        self._killed_hub: str | None = None
+        self._killed_at: float | None = None
+        self._fanned_at_kill: dict[str, int] = {}
+        self._failover_s: float | None = None
+        self._new_hub: str | None = None
 
     # ----------------------------------------------------------------- actions
 
@@ -133,7 +148,7 @@ class Runner:
         ]
         disk = world.nodes[writer].disk
         before = len(disk.updates)
-        record = world.write(writer, items, ack=planned.ack)
+        record = world.write(writer, items, ack=planned.ack, priority=planned.priority)
         self._payload_bytes += sum(len(u) for _t, u in disk.updates[before:])
         self._requests.append((record.request_id, planned.ack))
         self.tracker.add(planned.item_ids, writer)
@@ -147,6 +162,38 @@ class Runner:
         if not self.world.nodes[node_id].alive:
             self.world.restart(node_id)
             self._restarts += 1
+
+    def _common_hub(self) -> str | None:
+        """Return the hub every live node follows, or None if they do not all agree."""
+        hubs = set(self.world.hubs().values())
+        return next(iter(hubs)) if len(hubs) == 1 else None
+
+    def _kill_hub(self) -> None:
+        hub = self._common_hub()
+        if hub is None:
+            counts: dict[str, int] = {}
+            for h in self.world.hubs().values():
+                if h is not None:
+                    counts[h] = counts.get(h, 0) + 1
+            hub = max(sorted(counts), key=lambda h: counts[h]) if counts else None
+        if hub is None:
+            return
+        self._fanned_at_kill = {
+            s.node_id: s.node.hub_counters.fanned_out for s in self.world.nodes.values()
+        }
+        self._killed_hub, self._killed_at = hub, self.world.now
+        self._crash(hub)
+
+    def _check_failover(self) -> None:
+        if self._killed_at is None or self._failover_s is not None:
+            return
+        hub = self._common_hub()
+        if hub is None or hub == self._killed_hub:
+            return
+        node = self.world.nodes[hub].node
+        if node.is_hub and node.hub_counters.fanned_out > self._fanned_at_kill.get(hub, 0):
+            self._failover_s = self.world.now - self._killed_at
+            self._new_hub = hub
 
     def _partition(self, name: str) -> None:
         self.world.partition(self.plan.groups)
@@ -178,6 +225,8 @@ class Runner:
             at(outage.crash_at, partial(self._crash, outage.node_id))
             if outage.restart_at < plan.settle_at:
                 at(outage.restart_at, partial(self._restart, outage.node_id))
+        if self.params.scenario == "hub-failover":
+            at(plan.active_at + self.params.kill_hub_after_s, self._kill_hub)
         if self.params.scenario == "idle":
             at(plan.settle_at, partial(self._enter, "idle"))
         else:
@@ -209,6 +258,7 @@ class Runner:
                 fn()
                 next_action += 1
             world.run_until(t_check)
+            self._check_failover()
             self.tracker.refresh()
             sample = self._sample(t_check)
             if (
@@ -327,12 +377,50 @@ class Runner:
             "digests_equal": world.digests_equal(),
             "params": params.to_json(),
         }
+        summary["hub_ack_writes"] = sum(1 for _i, level in self._requests if level is AckLevel.HUB)
+        if params.hub_role:
+            summary.update(self._hub_summary())
         idle = next((p for p in self._phases if p.name == "idle"), None)
         if idle is not None and idle.end_s is not None and idle.end_s > idle.start_s:
             span = idle.end_s - idle.start_s
             summary["idle_bytes_per_s_per_node"] = _r(idle.bytes / nodes / span, 1)
             summary["idle_messages_per_s_per_node"] = _r(idle.frames / nodes / span, 3)
         return summary
+
+    def _hub_summary(self) -> dict[str, Any]:
+        world = self.world
+        nodes = [s.node for s in world.nodes.values()]
+        relayed = sum(n.hub_counters.relayed_sent for n in nodes)
+        p2p = sum(n.hub_counters.p2p_sent for n in nodes)
+        total = relayed + p2p
+        hub_id = self._common_hub()
+        hub = world.nodes[hub_id].node.hub if hub_id is not None else None
+        rejected: dict[str, int] = {}
+        for n in nodes:
+            for reason, count in n.claims_rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        out: dict[str, Any] = {
+            "hub": {
+                "id": hub_id,
+                "term": None if hub is None else hub.term,
+                "relayed_batches": relayed,
+                "p2p_batches": p2p,
+                "relayed_share": _r(relayed / total if total else 0.0),
+                "p2p_share": _r(p2p / total if total else 0.0),
+                "relay_fallbacks": sum(n.hub_counters.relay_fallbacks for n in nodes),
+                "relay_rejected": sum(n.hub_counters.relay_rejected for n in nodes),
+                "claims_rejected": dict(sorted(rejected.items())),
+                "links_per_node": _r(sum(len(n.links) for n in nodes) / len(nodes), 2),
+                "max_links": max(len(n.links) for n in nodes),
+            },
+        }
+        if self.params.scenario == "hub-failover":
+            out["killed_hub"] = self._killed_hub
+            out["new_hub"] = self._new_hub
+            out["failover_s"] = None if self._failover_s is None else _r(self._failover_s)
+            out["relayed_share"] = out["hub"]["relayed_share"]
+            out["p2p_share"] = out["hub"]["p2p_share"]
+        return out
 
 
 def _r(value: float, digits: int = 3) -> float:

@@ -15,9 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.frames import Priority
 from mesh.inputs import AckLevel
 
-SCENARIOS: tuple[str, ...] = ("partition-heal", "churn", "lossy-lan", "scale", "idle")
+SCENARIOS: tuple[str, ...] = (
+    "partition-heal",
+    "churn",
+    "lossy-lan",
+    "scale",
+    "idle",
+    "hub-failover",
+)
 TIERS: tuple[str, ...] = ("L1", "L2", "L3")
 
 DESCRIPTIONS: Mapping[str, str] = {
@@ -26,6 +34,7 @@ DESCRIPTIONS: Mapping[str, str] = {
     "lossy-lan": "writes over links that lose, duplicate and reorder frames",
     "scale": "partition-heal at 1,000 nodes with fewer writers",
     "idle": "a small mesh that has synced and then does nothing: idle traffic",
+    "hub-failover": "elect a hub, relay through it, kill it mid-stream, time the failover",
 }
 
 
@@ -56,6 +65,8 @@ class Params:
     discovery: str = "burst"
     timer_quantum_s: float = 0.0
     links_required: bool = False  # frames only over open links, as the WebRTC transport
+    hub_role: bool = False  # nodes sign, elect a hub and relay HIGH/NORMAL/LOW through it
+    kill_hub_after_s: float = 2.0  # hub-failover: the hub dies this long into the active phase
 
     def validate(self) -> None:
         """Raise ValueError on a parameter out of range."""
@@ -81,6 +92,10 @@ class Params:
             raise ValueError("--max-rounds must be at least 1")
         if self.skew_s >= 30.0:
             raise ValueError("--skew must stay well under the 60 s clock-drift limit")
+        if self.scenario == "hub-failover" and not (
+            0 <= self.kill_hub_after_s < self.duration_s and self.hub_role
+        ):
+            raise ValueError("hub-failover needs the hub role and a kill within the active phase")
         if self.discovery not in ("burst", "pairwise"):
             raise ValueError("--discovery is burst or pairwise")
 
@@ -119,6 +134,13 @@ def defaults_for(scenario: str, nodes: int | None = None) -> dict[str, Any]:
             "groups": 1,
         },
         "idle": {"nodes": 10, "warmup_s": 10.0, "duration_s": 60.0, "groups": 1},
+        "hub-failover": {
+            "nodes": 100,
+            "duration_s": 8.0,
+            "groups": 1,
+            "hub_role": True,
+            "peer_ack_fraction": 0.5,
+        },
     }
     if scenario not in base:
         raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
@@ -159,6 +181,7 @@ class PlannedWrite:
     tiers: tuple[str, ...]
     contents: tuple[str, ...]
     ack: AckLevel
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +237,8 @@ def make_plan(params: Params) -> Plan:
     else:
         window = (active_at, max(active_at, settle_at - 0.1))
         min_end = settle_at
+    if params.scenario == "hub-failover":
+        min_end = settle_at + 3.0  # the old hub restarts at the settle point: watch it rejoin
     writes = _plan_writes(params, rng, ids, window)
     conflict_at = window[0]
     writes += _plan_conflicts(params, rng, ids, groups, conflict_at)
@@ -231,12 +256,16 @@ def _plan_writes(
     out = []
     for k in range(params.writes):
         at = round(rng.uniform(*window), 6)
-        ack = AckLevel.PEER if rng.random() < params.peer_ack_fraction else AckLevel.LOCAL
+        durable = AckLevel.HUB if params.hub_role else AckLevel.PEER
+        ack = durable if rng.random() < params.peer_ack_fraction else AckLevel.LOCAL
         item_ids = tuple(f"w{k:06d}-{j}" for j in range(params.items_per_write))
         tiers = (TIERS[k % len(TIERS)],) * params.items_per_write
         contents = tuple(f"{params.scenario} write {k} item {j}" for j in range(len(item_ids)))
         writer = order[k % len(order)] if fixed_writers else None
-        out.append(PlannedWrite(at, writer, item_ids, tiers, contents, ack))
+        # hub-failover: every tenth write is CRITICAL (the direct path), the rest NORMAL.
+        urgent = params.scenario == "hub-failover" and k % 10 == 9
+        priority = Priority.CRITICAL if urgent else Priority.NORMAL
+        out.append(PlannedWrite(at, writer, item_ids, tiers, contents, ack, priority))
     return out
 
 

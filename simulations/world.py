@@ -13,6 +13,7 @@ the whole membership at once, then picks its links once: cheap for meshes of 1,0
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -22,12 +23,14 @@ from typing import Literal
 
 from crdt.hlc import HybridLogicalClock
 from crdt.memory import NewItem, TieredMemory
+from hub_role.signing import Ed25519Signer, Ed25519Verifier
 from mesh.config import NodeConfig
 from mesh.effects import (
     Connect,
     Disconnect,
     Effect,
     Emit,
+    LeaseAnswered,
     Persist,
     Send,
     WriteAcked,
@@ -38,6 +41,8 @@ from mesh.inputs import (
     AckLevel,
     FrameReceived,
     Input,
+    LeaseReleased,
+    LeaseRequested,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -115,6 +120,7 @@ class World:
         discovery: Discovery = "pairwise",
         timer_quantum_s: float = 0.0,
         links_required: bool = False,
+        hub_role: bool = False,
     ) -> None:
         """Create an empty world whose every random choice derives from `seed`.
 
@@ -122,6 +128,8 @@ class World:
         fire up to one quantum late), which saves work in large meshes. `links_required`
         drops a frame unless its sender has an open link to the receiver, as the WebRTC
         transport does; by default any two reachable nodes can exchange frames.
+        `hub_role` gives every node a deterministic Ed25519 key (from the seed and its id)
+        and a shared keyring, so nodes elect a hub and relay through it.
         """
         if discovery not in ("pairwise", "burst"):
             raise ValueError(f"unknown discovery {discovery!r}: pairwise or burst")
@@ -133,11 +141,16 @@ class World:
         self.discovery: Discovery = discovery
         self.timer_quantum_s = timer_quantum_s
         self.links_required = links_required
+        self.hub_role = hub_role
+        self.keyring: dict[str, bytes] = {}
+        self.keyless: set[str] = set()  # with hub_role: nodes booted without a key
+        self._verifier = Ed25519Verifier(self.keyring)
         self.now = 0.0
         self.rng = random.Random(f"world-{seed}")
         self.nodes: dict[str, SimNode] = {}
         self.writes: dict[int, WriteRecord] = {}
         self.conflict_events = 0
+        self.lease_answers: dict[int, LeaseAnswered] = {}
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._busy_until: dict[tuple[str, str], float] = {}
@@ -190,7 +203,19 @@ class World:
         )
         for tier in memory.tiers:
             memory.load(tier, [u for t, u in disk.updates if t == tier])
-        return Node(memory, self.config, rng, incarnation=incarnation)
+        signer = None
+        if self.hub_role and node_id not in self.keyless:
+            seed = hashlib.sha256(f"sim-key-{self.seed}-{node_id}".encode()).digest()
+            signer = Ed25519Signer(seed)
+            self.keyring[node_id] = signer.public_key
+        return Node(
+            memory,
+            self.config,
+            rng,
+            incarnation=incarnation,
+            signer=signer,
+            verifier=self._verifier,
+        )
 
     def _discover(self, node_id: str, peer_id: str) -> None:
         self._input(node_id, PeerFound(peer_id))
@@ -272,6 +297,17 @@ class World:
         )
         return record
 
+    def lease(self, node_id: str, name: str, ttl_s: float) -> int:
+        """Ask a node for the advisory lease `name`; the answer lands in `lease_answers`."""
+        request_id = self._next_request
+        self._next_request += 1
+        self._input(node_id, LeaseRequested(request_id, name, ttl_s))
+        return request_id
+
+    def release(self, node_id: str, name: str, token: int) -> None:
+        """Have a node release the lease `name` it holds under `token`."""
+        self._input(node_id, LeaseReleased(name, token))
+
     # ----------------------------------------------------------------- running
 
     def run_until(self, t: float, *, stop: Callable[[], bool] | None = None) -> bool:
@@ -352,6 +388,8 @@ class World:
                 record = self.writes.get(effect.request_id)
                 if record is not None:
                     record.failed = effect.reason
+            elif isinstance(effect, LeaseAnswered):
+                self.lease_answers[effect.request_id] = effect
             elif isinstance(effect, Connect):
                 self._connect(sim.node_id, effect.peer_id)
             elif isinstance(effect, Disconnect):
@@ -424,6 +462,14 @@ class World:
             except ValueError:
                 name = f"0x{kind:04x}"
             out[name] = (frames, size)
+        return out
+
+    def hubs(self) -> dict[str, str | None]:
+        """Return the hub each live node follows (None: no hub), by node id."""
+        out: dict[str, str | None] = {}
+        for sim in self.live():
+            hub = sim.node.hub
+            out[sim.node_id] = hub.id if hub is not None else None
         return out
 
     def live(self) -> list[SimNode]:

@@ -1,0 +1,74 @@
+"""The hub's relay queue (hub_role.relay): priority order, LOW batching, per-origin limits."""
+
+from __future__ import annotations
+
+from hub_role.config import HubConfig
+from hub_role.relay import Envelope, RelayQueue
+from mesh.frames import Priority
+
+
+def env(origin: str, priority: Priority, tag: str, at: float = 0.0) -> Envelope:
+    return Envelope(origin, priority, tag.encode(), at)
+
+
+def drain(queue: RelayQueue, until: float, step: float = 0.01) -> list[str]:
+    out: list[str] = []
+    now = 0.0
+    while now <= until:
+        out.extend(e.data.decode() for e in queue.pop_ready(now))
+        now = round(now + step, 9)
+    return out
+
+
+def test_high_goes_before_normal_and_low_queued_earlier() -> None:
+    queue = RelayQueue(HubConfig(relay_burst=2, low_batch_s=0.05))
+    for i in range(4):
+        queue.push(env("a", Priority.LOW, f"low{i}"), 0.0)
+    for i in range(2):
+        queue.push(env("b", Priority.NORMAL, f"normal{i}"), 0.0)
+    for i in range(2):
+        queue.push(env("c", Priority.HIGH, f"high{i}"), 0.0)
+    order = drain(queue, 1.0)
+    assert order == ["high0", "high1", "normal0", "normal1", "low0", "low1", "low2", "low3"]
+    assert len(queue) == 0
+
+
+def test_low_waits_for_its_batch_window_or_size() -> None:
+    queue = RelayQueue(HubConfig(low_batch_s=0.5, low_batch_max=3))
+    queue.push(env("a", Priority.LOW, "l0", 0.0), 0.0)
+    assert queue.pop_ready(0.1) == []
+    assert queue.next_deadline() == 0.5
+    assert [e.data for e in queue.pop_ready(0.5)] == [b"l0"]
+    for i in range(3):
+        queue.push(env("a", Priority.LOW, f"m{i}", 1.0), 1.0)
+    assert len(queue.pop_ready(1.0)) == 3
+
+
+def test_urgent_priorities_queue_as_high() -> None:
+    queue = RelayQueue(HubConfig())
+    queue.push(env("a", Priority.NORMAL, "n"), 0.0)
+    queue.push(env("a", Priority.CRITICAL, "c"), 0.0)
+    assert [e.data for e in queue.pop_ready(0.0)] == [b"c", b"n"]
+
+
+def test_a_flooding_origin_is_deferred_not_dropped() -> None:
+    queue = RelayQueue(HubConfig(origin_rate_per_s=10.0, origin_burst=2, relay_burst=100))
+    for i in range(5):
+        assert queue.push(env("noisy", Priority.HIGH, f"x{i}"), 0.0)
+    queue.push(env("quiet", Priority.NORMAL, "q"), 0.0)
+    first = [e.data.decode() for e in queue.pop_ready(0.0)]
+    assert first == ["x0", "x1", "q"]
+    assert queue.deferred_total == 3
+    assert queue.next_deadline() == 0.1
+    later = drain(queue, 0.5)
+    assert later == ["x2", "x3", "x4"]
+
+
+def test_full_queue_refuses_and_everything_empties_it() -> None:
+    queue = RelayQueue(HubConfig(queue_max=2, low_batch_s=10.0))
+    assert queue.push(env("a", Priority.LOW, "1"), 0.0)
+    assert queue.push(env("b", Priority.LOW, "2"), 0.0)
+    assert not queue.push(env("c", Priority.LOW, "3"), 0.0)
+    assert queue.refused_total == 1
+    assert queue.pop_ready(0.0) == []
+    assert len(queue.pop_ready(0.0, everything=True)) == 2
