@@ -241,19 +241,17 @@ class Node:
     # ----------------------------------------------------------------- links
 
     def _wanted_links(self) -> set[str]:
-        alive = [p for p in self.membership.alive() if p != self.node_id]
-        if len(alive) <= self.config.full_mesh_max:
+        membership = self.membership
+        if membership.alive_count() <= self.config.full_mesh_max:
             # Small mesh: dead members too, retried every few seconds. On a real network
             # SWIM only speaks over links, so this is how a healed partition is found.
-            dead = [p for p in self.membership.dead() if p != self.node_id]
-            return set(alive) | set(dead)
-        alive_set = set(alive)
-        keep = {p for p in self._links | set(self._connecting) if p in alive_set}
+            return set(membership.alive()) | set(membership.dead())
+        # Large mesh: O(links) per call, never O(members): this runs on every Tick.
+        keep = {p for p in (*self._links, *self._connecting) if membership.is_live(p)}
         missing = self.config.random_links - len(keep)
         if missing <= 0:
             return keep
-        spare = sorted(alive_set - keep)
-        return keep | set(self._rng.sample(spare, min(missing, len(spare))))
+        return keep | set(membership.sample(self._rng, missing, exclude=keep))
 
     def _maintain_links(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -500,14 +498,9 @@ class Node:
 
     def _anti_entropy(self) -> list[Effect]:
         """Send our tier roots to one random member (dead ones too: a healed partition)."""
-        members = sorted(
-            p
-            for p, info in self.membership.members().items()
-            if p != self.node_id and info.state is not MemberState.LEFT
-        )
-        if not members:
+        peer = self.membership.random_member(self._rng)
+        if peer is None:
             return []
-        peer = self._rng.choice(members)
         roots = tuple((t, self.memory.digest(t).root()) for t in self.config.tiers)
         self.counters.digests_sent += 1
         return [self._send(peer, Digest(roots))]
