@@ -448,6 +448,14 @@ class Node:
     def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:
         if not frame.flags & Flags.REQUIRES_ACK or message.source == self.node_id:
             return []
+        if (
+            message.target == BROADCAST
+            and not frame.flags & Flags.ACK_ALL
+            and message.source not in self._links
+        ):
+            # `peer` (and `hub`) need one ack: the origin's own links answer, the rest of
+            # the flood stays silent instead of acking from every node of the mesh.
+            return []
         return [self._send(message.source, SyncAck(message.batch_id, self.node_id))]
 
     def _forward(
@@ -553,6 +561,7 @@ class Node:
         effects: list[Effect] = []
         batch_of: dict[str, bytes] = {}
         ack_wanted = any(w.level is not AckLevel.LOCAL for w in writes)
+        ack_all = any(w.level is AckLevel.ALL for w in writes)
         for batch in batches:
             batch_id = self._new_batch_id()
             batch_of[batch.tier] = batch_id
@@ -567,6 +576,7 @@ class Node:
                 batch.updates,
             )
             flags = Flags.BATCHED | (Flags.REQUIRES_ACK if ack_wanted else Flags.NONE)
+            flags |= Flags.ACK_ALL if ack_all else Flags.NONE
             peers = [p for p in sorted(self._links) if batch.tier in self._shared_tiers(p)]
             effects.extend(self._send_sync(peers, message, batch.priority, flags))
         for write in writes:

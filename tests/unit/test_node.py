@@ -1025,3 +1025,34 @@ def test_failed_connect_to_a_peer_no_longer_wanted_does_not_pin_the_deadline() -
     net.advance(30.0)
     assert a.membership.state_of("ghost") is MemberState.DEAD
     assert a.membership.state_of("b") is MemberState.ALIVE
+
+
+def acks_sent(net: Net, mark: int) -> list[tuple[str, str]]:
+    """(acker, to) of every SYNC_ACK sent since `mark`."""
+    return [(src, s.peer_id) for src, s in net.sent[mark:] if isinstance(message_of(s), SyncAck)]
+
+
+def test_peer_ack_is_answered_by_the_origins_links_not_by_the_whole_flood() -> None:
+    net, _a, _b, c = line()  # c gets a's batch through b; one ack is all `peer` needs
+    mark = len(net.sent)
+    write = WriteRequested(
+        1, puts=[NewItem("L1", "v", "x")], ack=AckLevel.PEER, priority=Priority.CRITICAL
+    )
+    net.do("a", write)
+    net.settle()
+    assert "x" in c.memory
+    assert acks_sent(net, mark) == [("b", "a")]
+    done = [e for e in net.log["a"] if isinstance(e, WriteAcked)]
+    assert [(e.request_id, e.acked_by) for e in done] == [(1, ("b",))]
+
+
+def test_all_ack_is_answered_by_every_receiver_of_the_flood() -> None:
+    net, _a, _b, _c = line()
+    mark = len(net.sent)
+    write = WriteRequested(
+        1, puts=[NewItem("L1", "v", "x")], ack=AckLevel.ALL, priority=Priority.CRITICAL
+    )
+    frame = sends(net.do("a", write))[0].frame
+    assert decode_message(frame)[0].flags & Flags.ACK_ALL
+    net.settle()
+    assert sorted(acks_sent(net, mark)) == [("b", "a"), ("c", "a")]
