@@ -204,6 +204,22 @@ class Membership:
         elif address and address != info.address:
             self._members[peer_id] = MemberInfo(info.state, info.incarnation, address, info.since)
 
+    def add_many(self, peer_ids: Iterable[str], now: float) -> None:
+        """`add` for many peers at once (a burst of discovery): O(N log N), not O(N) each."""
+        self._start(now)
+        fresh = [p for p in dict.fromkeys(peer_ids) if p not in self._members and p != self.self_id]
+        if not fresh:
+            return
+        for node_id in fresh:
+            self._members[node_id] = MemberInfo(ALIVE, 0, "", now)
+            self._changes.append(MembershipChange(node_id, None, ALIVE, now))
+        self._live = sorted((*self._live, *fresh))
+        # Each newcomer goes to a random place among the members still to probe, as `add`.
+        rest = [*self._probe_list[self._probe_index :], *fresh]
+        self.rng.shuffle(rest)
+        self._probe_list, self._probe_index = rest, 0
+        self._probe_rest.update(fresh)
+
     def apply_gossip(self, updates: Iterable[MemberUpdate], now: float) -> None:
         """Merge updates by precedence; refute any that says this node is SUSPECT or DEAD."""
         self._start(now)

@@ -64,6 +64,7 @@ from mesh.outbox import Outbox, WaitingWrite
 
 BROADCAST = "*"
 MAX_QUERY_K = 100
+_STATE_NAMES = {state: state.name for state in MemberState}  # Enum.name is slow (hot path)
 
 
 @dataclass(slots=True)
@@ -685,8 +686,8 @@ class Node:
                     "member state changed",
                     {
                         "peer": change.node_id,
-                        "from": change.old.name if change.old else "NEW",
-                        "to": change.new.name,
+                        "from": _STATE_NAMES[change.old] if change.old else "NEW",
+                        "to": _STATE_NAMES[change.new],
                     },
                 )
             )

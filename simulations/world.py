@@ -209,10 +209,7 @@ class World:
 
     def _learn(self, sim: SimNode, peers: Sequence[str]) -> None:
         """Add peers to a node's membership at once, then let one Tick pick its links."""
-        membership = sim.node.membership
-        now = self.clock_of(sim)
-        for peer in peers:
-            membership.add(peer, now)
+        sim.node.membership.add_many(peers, self.clock_of(sim))
         self._input(sim.node_id, Tick())
 
     # ----------------------------------------------------------------- faults

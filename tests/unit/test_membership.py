@@ -441,3 +441,20 @@ def test_the_dead_are_pinged_and_the_live_sampled_without_the_excluded() -> None
     seen = {m.random_member(rng) for _ in range(200)}
     assert seen == set("abcdefz")  # anti-entropy may pick the dead: a healed partition
     assert Membership("me", SwimConfig.lan(), rng).random_member(rng) is None
+
+
+def test_add_many_is_add_for_a_burst_of_discovery() -> None:
+    cfg = SwimConfig(gossip_fanout=0)
+    m = Membership("me", cfg, random.Random(2))
+    m.add("b", 0.0, "addr-b")
+    m.add_many(["c", "a", "b", "me", "d", "a"], 0.0)  # known, self and repeats are skipped
+    assert m.alive() == ["a", "b", "c", "d"] and m.members()["b"].address == "addr-b"
+    assert [(c.node_id, c.old, c.new) for c in m.changes()] == [
+        (p, None, A) for p in ("b", "c", "a", "d")
+    ]
+    probed = []
+    for _ in range(4):  # one protocol period each: every member is probed once per round
+        _t, (ping,) = first_sends(m)
+        probed.append(ping.peer_id)
+        m.on_ping_ack(ping.peer_id, PingAck(ping.message.seq, ping.peer_id), _t)
+    assert sorted(probed) == ["a", "b", "c", "d"]
