@@ -284,6 +284,12 @@ class World:
         self.now = max(self.now, t)
         return False
 
+    def discard_pending(self) -> None:
+        """Forget every scheduled happening (the run is over); the world stays readable."""
+        self._heap.clear()
+        self._dirty.clear()
+        self._sweep_pending = False
+
     def _schedule(self, delay: float, action: Callable[[], None]) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (self.now + delay, self._seq, action))
