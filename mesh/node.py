@@ -268,6 +268,28 @@ class Node:
             effects.append(Connect(peer))
         return effects
 
+    def _dial_dead(self, peers: Iterable[str]) -> list[Effect]:
+        """Dial a DEAD member that SWIM pings (`probe_dead`) when there is no link to it.
+
+        A transport speaks only over links, so without this a ping to a member declared
+        dead in a partition never arrives, and above `full_mesh_max` (where dead members
+        are not in the wanted links) the healed sides would not find each other.
+        """
+        effects: list[Effect] = []
+        for peer in peers:
+            if (
+                self.membership.state_of(peer) is MemberState.DEAD
+                and peer not in self._links
+                and peer not in self._connecting
+                and self._now >= self._retry_at.get(peer, (0, 0.0))[1]
+            ):
+                attempts = self._retry_at.get(peer, (0, 0.0))[0]
+                self._connecting[peer] = self._now
+                delay = min(self._backoff(attempts), self.config.dead_retry_max_s)
+                self._retry_at[peer] = (attempts, self._now + delay)
+                effects.append(Connect(peer))
+        return effects
+
     def _backoff(self, attempts: int) -> float:
         base = min(self.config.reconnect_max_s, self.config.reconnect_base_s * 2.0**attempts)
         return float(base * self._rng.uniform(0.5, 1.0))
@@ -652,7 +674,9 @@ class Node:
 
     def _on_tick(self) -> list[Effect]:
         now = self._now
-        effects: list[Effect] = self._outgoing(self.membership.tick(now))
+        outgoing = self.membership.tick(now)
+        effects: list[Effect] = self._outgoing(outgoing)
+        effects.extend(self._dial_dead(o.peer_id for o in outgoing))
         due = self._outbox.due
         if due is not None and now >= due:
             effects.extend(self._flush())

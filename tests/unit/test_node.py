@@ -46,6 +46,7 @@ from mesh.messages import (
     Digest,
     Hello,
     MemberState,
+    MemberUpdate,
     MemoryQuery,
     MemoryResponse,
     MemorySync,
@@ -1056,3 +1057,29 @@ def test_all_ack_is_answered_by_every_receiver_of_the_flood() -> None:
     assert decode_message(frame)[0].flags & Flags.ACK_ALL
     net.settle()
     assert sorted(acks_sent(net, mark)) == [("b", "a"), ("c", "a")]
+
+
+def test_swim_ping_to_an_unlinked_dead_member_also_dials_it() -> None:
+    """Above full_mesh_max dead members are not among the wanted links, and a transport
+    speaks only over links: without the dial, the sides of a healed partition stay apart."""
+    a = make_node("a", NodeConfig.sim(**QUIET))
+    peers = [f"p{i:02d}" for i in range(30)]
+    for peer in peers:
+        a.handle(PeerFound(peer), 0.0)
+    a.membership.apply_gossip([MemberUpdate("p25", MemberState.DEAD, 0)], 0.0)
+    a.handle(Tick(), 0.0)
+    assert "p25" not in a.links
+    dialled, pinged = [], []
+    now = 0.0
+    # Nobody answers here, so members die one by one; stop before the mesh is small
+    # enough (full_mesh_max) for every dead member to be dialled anyway.
+    while not dialled:
+        now += 0.5
+        effects = a.handle(Tick(), now)
+        if a.membership.alive_count() <= a.config.full_mesh_max:
+            break
+        pinged += [s for s in sends(effects) if s.peer_id == "p25"]
+        dialled += [e for e in effects if isinstance(e, Connect) and e.peer_id == "p25"]
+    assert pinged and dialled  # SWIM's probe of the dead member, and a link to carry it
+    connects = [e for e in a.handle(Tick(), now + 0.1) if isinstance(e, Connect)]
+    assert Connect("p25") not in connects  # one attempt at a time
