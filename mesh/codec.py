@@ -130,6 +130,10 @@ def _unique(values: list[str], name: str) -> None:
         raise MessageError(f"{name}: duplicate entries")
 
 
+_MEMBER_STATES: Final = tuple(m.MemberState)  # by value; max(MemberState) per entry was hot
+assert all(int(state) == i for i, state in enumerate(_MEMBER_STATES))
+
+
 def _gossip(value: Any) -> tuple[MemberUpdate, ...]:
     """Parse at most MAX_GOSSIP `[node_id, state, incarnation, address]` member updates."""
     out = []
@@ -138,7 +142,7 @@ def _gossip(value: Any) -> tuple[MemberUpdate, ...]:
         out.append(
             MemberUpdate(
                 _node(node, "gossip.node_id"),
-                m.MemberState(_int(state, "gossip.state", max(m.MemberState))),
+                _MEMBER_STATES[_int(state, "gossip.state", len(_MEMBER_STATES) - 1)],
                 _int(inc, "gossip.incarnation", U64),
                 _sized(address, "gossip.address", str, MAX_ADDRESS),
             )

@@ -75,6 +75,7 @@ class Flags(IntFlag):
     SIGNED = 0x0010
     CHUNKED = 0x0020
     RELAYED = 0x0040
+    ACK_ALL = 0x0080  # with REQUIRES_ACK: every receiver acks, not only the origin's links
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -87,22 +88,29 @@ class Membership:
         self.incarnation = incarnation
         self._members: dict[str, MemberInfo] = {self_id: MemberInfo(ALIVE, incarnation, "", 0.0)}
         self._pending: dict[str, _Pending] = {}
+        # Every pending update has one valid entry here: (-priority, transmits, -order, id).
+        # Entries whose (transmits, order) no longer match `_pending` are stale and skipped.
+        self._gossip_heap: list[tuple[int, int, int, str]] = []
         self._order = 0
         self._seq = 0
         self._changes: list[MembershipChange] = []
         self._suspect_deadline: dict[str, float] = {}
+        self._suspect_heap: list[tuple[float, str]] = []  # lazily pruned (deadline, id)
+        self._gone_heap: list[tuple[float, str]] = []  # lazily pruned (since, id): DEAD/LEFT
         # my relay seq -> (requester, its seq, target, expiry)
         self._relays: dict[int, tuple[str, int, str, float]] = {}
         self._probe: _Probe | None = None
         self._probe_list: list[str] = []
         self._probe_index = 0
+        self._probe_rest: set[str] = set()  # the ids in _probe_list[_probe_index:]
         self._next_probe: float | None = None
         self._next_gossip = 0.0
         self._next_reconnect = 0.0
         self._left = False
-        # Sorted views, rebuilt only when some member's state changes (hot at 1,000 nodes).
-        self._alive_cache: list[str] | None = None
-        self._dead_cache: list[str] | None = None
+        # Sorted views kept up to date member by member (every query here is hot at 1,000
+        # nodes, so nothing scans or sorts the whole membership per input).
+        self._live: list[str] = []  # ALIVE and SUSPECT, self excluded
+        self._dead: list[str] = []  # DEAD (not LEFT)
         self.probes_sent = self.indirect_probes_sent = self.suspicions = self.deaths = 0
         self.refutations = self.false_suspicions = 0
         self._enqueue(MemberUpdate(self_id, ALIVE, incarnation), priority=1)
@@ -115,24 +123,40 @@ class Membership:
 
     def alive(self) -> list[str]:
         """ALIVE and SUSPECT members, sorted, excluding self (a fresh list each call)."""
-        if self._alive_cache is None:
-            self._alive_cache = sorted(
-                k for k, v in self._members.items() if v.state in LIVE and k != self.self_id
-            )
-        return list(self._alive_cache)
+        return list(self._live)
 
     def alive_count(self) -> int:
         """How many members are ALIVE or SUSPECT (self excluded)."""
-        if self._alive_cache is None:
-            self.alive()
-        assert self._alive_cache is not None
-        return len(self._alive_cache)
+        return len(self._live)
+
+    def is_live(self, node_id: str) -> bool:
+        """True if `node_id` is another member believed ALIVE or SUSPECT."""
+        info = self._members.get(node_id)
+        return info is not None and info.state in LIVE and node_id != self.self_id
 
     def dead(self) -> list[str]:
         """DEAD members (not LEFT), sorted (a fresh list each call)."""
-        if self._dead_cache is None:
-            self._dead_cache = sorted(k for k, v in self._members.items() if v.state == DEAD)
-        return list(self._dead_cache)
+        return list(self._dead)
+
+    def dead_count(self) -> int:
+        """How many members are DEAD (not LEFT)."""
+        return len(self._dead)
+
+    def sample(self, rng: random.Random, k: int, *, exclude: Iterable[str] = ()) -> list[str]:
+        """Up to `k` distinct random live members not in `exclude`, in O(k + |exclude|)."""
+        skip = set(exclude)
+        live = self._live
+        picked = rng.sample(live, min(k + len(skip), len(live)))
+        return [p for p in picked if p not in skip][:k]
+
+    def random_member(self, rng: random.Random) -> str | None:
+        """One random member that has not LEFT, live or DEAD (self excluded), or None."""
+        live, dead = self._live, self._dead
+        total = len(live) + len(dead)
+        if not total:
+            return None
+        index = rng.randrange(total)
+        return live[index] if index < len(live) else dead[index - len(live)]
 
     def state_of(self, node_id: str) -> MemberState | None:
         """The believed state of `node_id`, or None if unknown."""
@@ -153,22 +177,21 @@ class Membership:
         """The earliest `now` at which `tick` has work to do, or None if nothing is scheduled."""
         if self._next_probe is None:
             return None
-        times = [self._next_probe, *self._suspect_deadline.values()]
+        earliest = self._next_probe
+        suspect = self._first_suspect()
+        if suspect is not None and suspect[0] < earliest:
+            earliest = suspect[0]
         probe = self._probe
         if probe and not probe.acked and not probe.indirect_sent:
-            times.append(probe.started + self.config.ack_timeout)
-        if self._pending and self.config.gossip_fanout and self.alive():
-            times.append(self._next_gossip)
-        if not self._left and self.dead():
-            times.append(self._next_reconnect)
-        gone = [
-            v.since
-            for k, v in self._members.items()
-            if v.state in (DEAD, LEFT) and k != self.self_id
-        ]
-        if gone:
-            times.append(min(gone) + self.config.dead_reap_after)
-        return min(times)
+            earliest = min(earliest, probe.started + self.config.ack_timeout)
+        if self._pending and self.config.gossip_fanout and self._live:
+            earliest = min(earliest, self._next_gossip)
+        if not self._left and self._dead:
+            earliest = min(earliest, self._next_reconnect)
+        gone = self._first_gone()
+        if gone is not None:
+            earliest = min(earliest, gone[0] + self.config.dead_reap_after)
+        return earliest
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -180,6 +203,22 @@ class Membership:
             self._set(peer_id, ALIVE, 0, address, now)
         elif address and address != info.address:
             self._members[peer_id] = MemberInfo(info.state, info.incarnation, address, info.since)
+
+    def add_many(self, peer_ids: Iterable[str], now: float) -> None:
+        """`add` for many peers at once (a burst of discovery): O(N log N), not O(N) each."""
+        self._start(now)
+        fresh = [p for p in dict.fromkeys(peer_ids) if p not in self._members and p != self.self_id]
+        if not fresh:
+            return
+        for node_id in fresh:
+            self._members[node_id] = MemberInfo(ALIVE, 0, "", now)
+            self._changes.append(MembershipChange(node_id, None, ALIVE, now))
+        self._live = sorted((*self._live, *fresh))
+        # Each newcomer goes to a random place among the members still to probe, as `add`.
+        rest = [*self._probe_list[self._probe_index :], *fresh]
+        self.rng.shuffle(rest)
+        self._probe_list, self._probe_index = rest, 0
+        self._probe_rest.update(fresh)
 
     def apply_gossip(self, updates: Iterable[MemberUpdate], now: float) -> None:
         """Merge updates by precedence; refute any that says this node is SUSPECT or DEAD."""
@@ -226,10 +265,12 @@ class Membership:
         """Run every timer due by `now`: probes, indirect probes, suspicions, gossip, reaping."""
         self._start(now)
         cfg, out = self.config, []
-        for node_id, deadline in list(self._suspect_deadline.items()):
-            if deadline <= now:  # still SUSPECT: _set drops the timer on any other state
-                del self._suspect_deadline[node_id]
-                self._declare(node_id, DEAD, self._members[node_id].incarnation, now)
+        while (first := self._first_suspect()) is not None and first[0] <= now:
+            # Still SUSPECT: _set drops the timer on any other state.
+            node_id = first[1]
+            heapq.heappop(self._suspect_heap)
+            del self._suspect_deadline[node_id]
+            self._declare(node_id, DEAD, self._members[node_id].incarnation, now)
         probe = self._probe
         due = probe is not None and now >= probe.started + cfg.ack_timeout
         if probe and due and not probe.acked and not probe.indirect_sent:
@@ -244,7 +285,7 @@ class Membership:
             out += self._start_probe(now)
         if self._pending and now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval
-            live = self.alive()
+            live = self._live
             for peer in self.rng.sample(live, min(cfg.gossip_fanout, len(live))):
                 out.append(Outgoing(peer, Ping(self._next_seq(), self.gossip_for(peer))))
         if now >= self._next_reconnect:
@@ -256,7 +297,7 @@ class Membership:
         """Ping one random DEAD member (it refutes its death if it is back); tick calls this."""
         self._start(now)
         self._next_reconnect = now + self.config.reconnect_interval
-        dead = self.dead()
+        dead = self._dead
         if self._left or not dead:
             return []
         peer = self.rng.choice(dead)
@@ -269,7 +310,7 @@ class Membership:
         self._members[self.self_id] = MemberInfo(LEFT, self.incarnation, "", now)
         self._enqueue(MemberUpdate(self.self_id, LEFT, self.incarnation), priority=1)
         self._next_gossip = now + self.config.gossip_interval
-        live = self.alive()
+        live = self._live
         peers = self.rng.sample(live, min(max(self.config.gossip_fanout, 1) * 2, len(live)))
         return [Outgoing(p, Ping(self._next_seq(), self.gossip_for(p))) for p in peers]
 
@@ -279,21 +320,23 @@ class Membership:
         info = self._members.get(peer_id)
         if info and info.state in (SUSPECT, DEAD):
             out.append(MemberUpdate(peer_id, info.state, info.incarnation, info.address))
-        queue = heapq.nsmallest(
-            self.config.max_gossip,
-            self._pending.values(),
-            key=lambda p: (-p.priority, p.transmits, -p.order),
-        )
-        limit = self.config.retransmit_limit(self.alive_count() + 1)
+        # The max_gossip most urgent updates: highest priority, fewest sends, newest first.
+        heap, pending, most = self._gossip_heap, self._pending, self.config.max_gossip
+        queue: list[_Pending] = []
+        while heap and len(queue) < most:
+            _prio, transmits, neg_order, node_id = heapq.heappop(heap)
+            p = pending.get(node_id)
+            if p is not None and p.transmits == transmits and p.order == -neg_order:
+                queue.append(p)
+        limit = self.config.retransmit_limit(len(self._live) + 1)
         for p in queue:
-            if len(out) >= self.config.max_gossip:
-                break
-            if out and p.update.node_id == peer_id == out[0].node_id:
-                continue
-            out.append(p.update)
-            p.transmits += 1
-            if p.transmits >= limit:
-                del self._pending[p.update.node_id]
+            if len(out) < most and not (out and p.update.node_id == peer_id == out[0].node_id):
+                out.append(p.update)
+                p.transmits += 1
+                if p.transmits >= limit:
+                    del pending[p.update.node_id]
+                    continue
+            self._push_gossip(p)
         return tuple(out)
 
     # --- internals -----------------------------------------------------------------------
@@ -328,7 +371,50 @@ class Membership:
 
     def _enqueue(self, update: MemberUpdate, priority: int = 0) -> None:
         self._order += 1
-        self._pending[update.node_id] = _Pending(update, 0, priority, self._order)
+        pending = _Pending(update, 0, priority, self._order)
+        self._pending[update.node_id] = pending
+        self._push_gossip(pending)
+        if len(self._gossip_heap) > 2 * len(self._pending) + 64:
+            # Drop the stale entries of replaced and reaped updates.
+            self._gossip_heap = [
+                (-p.priority, p.transmits, -p.order, k) for k, p in self._pending.items()
+            ]
+            heapq.heapify(self._gossip_heap)
+
+    def _push_gossip(self, p: _Pending) -> None:
+        heapq.heappush(self._gossip_heap, (-p.priority, p.transmits, -p.order, p.update.node_id))
+
+    def _first_suspect(self) -> tuple[float, str] | None:
+        """The earliest live suspicion timer, dropping stale heap entries on the way."""
+        heap, deadlines = self._suspect_heap, self._suspect_deadline
+        while heap and deadlines.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def _first_gone(self) -> tuple[float, str] | None:
+        """The DEAD or LEFT member gone longest, dropping stale heap entries on the way."""
+        heap, members = self._gone_heap, self._members
+        while heap:
+            since, node_id = heap[0]
+            info = members.get(node_id)
+            if info is not None and info.state in (DEAD, LEFT) and info.since == since:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _index(self, node_id: str, old: MemberState | None, new: MemberState | None) -> None:
+        """Move `node_id` between the sorted live and dead views after a state change."""
+        was_live, is_live = old in LIVE, new in LIVE
+        if was_live != is_live:
+            if is_live:
+                insort(self._live, node_id)
+            else:
+                del self._live[bisect_left(self._live, node_id)]
+        if (old == DEAD) != (new == DEAD):
+            if new == DEAD:
+                insort(self._dead, node_id)
+            else:
+                del self._dead[bisect_left(self._dead, node_id)]
 
     def _set(self, node_id: str, state: MemberState, inc: int, address: str, now: float) -> None:
         """Record a new state for another member; keep timers, probe list and counters in step."""
@@ -338,16 +424,21 @@ class Membership:
         since = now if old_state != state or old is None else old.since
         self._members[node_id] = MemberInfo(state, inc, addr, since)
         if old_state != state:
-            self._alive_cache = self._dead_cache = None
+            self._index(node_id, old_state, state)
+            if state in (DEAD, LEFT):
+                heapq.heappush(self._gone_heap, (since, node_id))
         if state == SUSPECT:
             if old_state != SUSPECT or node_id not in self._suspect_deadline:
-                n = self.alive_count() + 1
-                self._suspect_deadline[node_id] = now + self.config.suspicion_timeout(n)
+                n = len(self._live) + 1
+                deadline = now + self.config.suspicion_timeout(n)
+                self._suspect_deadline[node_id] = deadline
+                heapq.heappush(self._suspect_heap, (deadline, node_id))
         else:
             self._suspect_deadline.pop(node_id, None)
-        if state in LIVE and node_id not in self._probe_list[self._probe_index :]:
+        if state in LIVE and node_id not in self._probe_rest:
             pos = self.rng.randint(self._probe_index, len(self._probe_list))
             self._probe_list.insert(pos, node_id)
+            self._probe_rest.add(node_id)
         if old_state == state:
             return
         self.suspicions += state == SUSPECT
@@ -368,20 +459,21 @@ class Membership:
             while self._probe_index < len(self._probe_list):
                 target = self._probe_list[self._probe_index]
                 self._probe_index += 1
+                self._probe_rest.discard(target)
                 info = self._members.get(target)
                 if info and info.state in LIVE and target != self.self_id:
                     self._probe = _Probe(target, self._next_seq(), now)
                     self.probes_sent += 1
                     ping = Ping(self._probe.seq, self.gossip_for(target))
                     return [Outgoing(target, ping)]
-            self._probe_list = self.alive()
+            self._probe_list = list(self._live)
             self.rng.shuffle(self._probe_list)
             self._probe_index = 0
+            self._probe_rest = set(self._probe_list)
         return []
 
     def _indirect(self, probe: _Probe) -> list[Outgoing]:
-        helpers = [p for p in self.alive() if p != probe.target]
-        chosen = self.rng.sample(helpers, min(self.config.indirect_probes, len(helpers)))
+        chosen = self.sample(self.rng, self.config.indirect_probes, exclude=(probe.target,))
         self.indirect_probes_sent += len(chosen)
         return [Outgoing(h, PingReq(probe.seq, probe.target, self.gossip_for(h))) for h in chosen]
 
@@ -398,8 +490,8 @@ class Membership:
             if relay[3] <= now:
                 del self._relays[relay_seq]
         horizon = now - self.config.dead_reap_after
-        for node_id, info in list(self._members.items()):
-            if info.state in (DEAD, LEFT) and info.since <= horizon and node_id != self.self_id:
-                del self._members[node_id]
-                self._alive_cache = self._dead_cache = None
-                self._pending.pop(node_id, None)
+        while (first := self._first_gone()) is not None and first[0] <= horizon:
+            node_id = first[1]
+            heapq.heappop(self._gone_heap)
+            self._index(node_id, self._members.pop(node_id).state, None)
+            self._pending.pop(node_id, None)

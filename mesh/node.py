@@ -77,6 +77,7 @@ from mesh.outbox import Outbox, WaitingWrite
 
 BROADCAST = "*"
 MAX_QUERY_K = 100
+_STATE_NAMES = {state: state.name for state in MemberState}  # Enum.name is slow (hot path)
 
 
 @dataclass(slots=True)
@@ -295,24 +296,22 @@ class Node(HubRole):
     # ----------------------------------------------------------------- links
 
     def _wanted_links(self) -> set[str]:
-        alive = [p for p in self.membership.alive() if p != self.node_id]
-        if len(alive) <= self.config.full_mesh_max:
+        membership = self.membership
+        if membership.alive_count() <= self.config.full_mesh_max:
             # Small mesh: dead members too, retried every few seconds. On a real network
             # SWIM only speaks over links, so this is how a healed partition is found.
-            dead = [p for p in self.membership.dead() if p != self.node_id]
-            return set(alive) | set(dead)
-        alive_set = set(alive)
-        keep = {p for p in self._links | set(self._connecting) if p in alive_set}
+            return set(membership.alive()) | set(membership.dead())
+        # Large mesh: O(links) per call, never O(members): this runs on every Tick.
+        keep = {p for p in (*self._links, *self._connecting) if membership.is_live(p)}
         # Every node links to the hub, plus `random_links` random peers: links grow
         # linearly with the mesh (the hub holds one per member).
         hub = self.hub
-        hub_id = hub.id if hub is not None and hub.id in alive_set else None
+        hub_id = hub.id if hub is not None and membership.is_live(hub.id) else None
         wanted = keep | ({hub_id} if hub_id is not None else set())
         missing = self.config.random_links - len(keep - {hub_id})
         if missing <= 0:
             return wanted
-        spare = sorted(alive_set - wanted)
-        return wanted | set(self._rng.sample(spare, min(missing, len(spare))))
+        return wanted | set(membership.sample(self._rng, missing, exclude=wanted))
 
     def _maintain_links(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -326,6 +325,28 @@ class Node(HubRole):
                 delay = min(delay, self.config.dead_retry_max_s)
             self._retry_at[peer] = (attempts, self._now + delay)
             effects.append(Connect(peer))
+        return effects
+
+    def _dial_dead(self, peers: Iterable[str]) -> list[Effect]:
+        """Dial a DEAD member that SWIM pings (`probe_dead`) when there is no link to it.
+
+        A transport speaks only over links, so without this a ping to a member declared
+        dead in a partition never arrives, and above `full_mesh_max` (where dead members
+        are not in the wanted links) the healed sides would not find each other.
+        """
+        effects: list[Effect] = []
+        for peer in peers:
+            if (
+                self.membership.state_of(peer) is MemberState.DEAD
+                and peer not in self._links
+                and peer not in self._connecting
+                and self._now >= self._retry_at.get(peer, (0, 0.0))[1]
+            ):
+                attempts = self._retry_at.get(peer, (0, 0.0))[0]
+                self._connecting[peer] = self._now
+                delay = min(self._backoff(attempts), self.config.dead_retry_max_s)
+                self._retry_at[peer] = (attempts, self._now + delay)
+                effects.append(Connect(peer))
         return effects
 
     def _backoff(self, attempts: int) -> float:
@@ -537,6 +558,16 @@ class Node(HubRole):
     def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:
         if not frame.flags & Flags.REQUIRES_ACK or message.source == self.node_id:
             return []
+        if (
+            message.target == BROADCAST
+            and not frame.flags & Flags.ACK_ALL
+            and message.source not in self._links
+            and not self.is_hub
+        ):
+            # `peer` needs one ack: the origin's own links answer, the rest of the flood
+            # stays silent instead of acking from every node of the mesh. The hub always
+            # answers: a `hub` write waits for it, linked to the origin yet or not.
+            return []
         return [self._send(message.source, SyncAck(message.batch_id, self.node_id))]
 
     def _forward(
@@ -587,14 +618,9 @@ class Node(HubRole):
 
     def _anti_entropy(self) -> list[Effect]:
         """Send our tier roots to one random member (dead ones too: a healed partition)."""
-        members = sorted(
-            p
-            for p, info in self.membership.members().items()
-            if p != self.node_id and info.state is not MemberState.LEFT
-        )
-        if not members:
+        peer = self.membership.random_member(self._rng)
+        if peer is None:
             return []
-        peer = self._rng.choice(members)
         roots = tuple((t, self.memory.digest(t).root()) for t in self.config.tiers)
         self.counters.digests_sent += 1
         return [self._send(peer, Digest(roots))]
@@ -649,6 +675,12 @@ class Node(HubRole):
         effects: list[Effect] = []
         batch_of: dict[str, bytes] = {}
         ack_wanted = any(w.level is not AckLevel.LOCAL for w in writes)
+        # ACK_ALL also when a `hub` write goes out before any hub is known: whichever node
+        # is elected later must be among the ackers, or the write waits until it times out.
+        ack_all = any(
+            w.level is AckLevel.ALL or (w.level is AckLevel.HUB and self.hub is None)
+            for w in writes
+        )
         for batch in batches:
             batch_id = self._new_batch_id()
             batch_of[batch.tier] = batch_id
@@ -663,6 +695,7 @@ class Node(HubRole):
                 batch.updates,
             )
             flags = Flags.BATCHED | (Flags.REQUIRES_ACK if ack_wanted else Flags.NONE)
+            flags |= Flags.ACK_ALL if ack_all else Flags.NONE
             effects.extend(self._route_update(message, batch.priority, flags))
         router = self._hub_router()
         for write in writes:
@@ -741,7 +774,9 @@ class Node(HubRole):
 
     def _on_tick(self) -> list[Effect]:
         now = self._now
-        effects: list[Effect] = self._outgoing(self.membership.tick(now))
+        outgoing = self.membership.tick(now)
+        effects: list[Effect] = self._outgoing(outgoing)
+        effects.extend(self._dial_dead(o.peer_id for o in outgoing))
         due = self._outbox.due
         if due is not None and now >= due:
             effects.extend(self._flush())
@@ -776,8 +811,8 @@ class Node(HubRole):
                     "member state changed",
                     {
                         "peer": change.node_id,
-                        "from": change.old.name if change.old else "NEW",
-                        "to": change.new.name,
+                        "from": _STATE_NAMES[change.old] if change.old else "NEW",
+                        "to": _STATE_NAMES[change.new],
                     },
                 )
             )

@@ -236,7 +236,12 @@ class HubRole:
     def _reflood(self, pending: PendingRelay) -> list[Effect]:
         message = pending.message
         peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
-        return self._send_sync(peers, message, pending.priority, pending.flags)
+        flags = pending.flags
+        if flags & Flags.REQUIRES_ACK:
+            # Every receiver acks: a `hub` write waits for the next hub, which may be
+            # any node, not only one linked to us.
+            flags |= Flags.ACK_ALL
+        return self._send_sync(peers, message, pending.priority, flags)
 
     def _hub_tick(self) -> list[Effect]:
         router = self._hub_router()

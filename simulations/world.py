@@ -234,10 +234,7 @@ class World:
 
     def _learn(self, sim: SimNode, peers: Sequence[str]) -> None:
         """Add peers to a node's membership at once, then let one Tick pick its links."""
-        membership = sim.node.membership
-        now = self.clock_of(sim)
-        for peer in peers:
-            membership.add(peer, now)
+        sim.node.membership.add_many(peers, self.clock_of(sim))
         self._input(sim.node_id, Tick())
 
     # ----------------------------------------------------------------- faults
@@ -322,6 +319,12 @@ class World:
                 return True
         self.now = max(self.now, t)
         return False
+
+    def discard_pending(self) -> None:
+        """Forget every scheduled happening (the run is over); the world stays readable."""
+        self._heap.clear()
+        self._dirty.clear()
+        self._sweep_pending = False
 
     def _schedule(self, delay: float, action: Callable[[], None]) -> None:
         self._seq += 1

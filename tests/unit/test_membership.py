@@ -358,3 +358,103 @@ def test_partition_heals_and_everyone_is_alive_again(seed: int) -> None:
     assert r.now - healed <= 6.0
     r.run_until(r.now + 10.0)
     assert all(len(m.alive()) == 9 and m.dead() == [] for m in r.nodes.values())
+
+
+# --- indexed views ------------------------------------------------------------------------
+
+
+def naive_deadline(m: Membership, cfg: SwimConfig) -> float | None:
+    """next_deadline recomputed from scratch over every member (the O(N) definition)."""
+    members = m.members()
+    others = {k: v for k, v in members.items() if k != m.self_id}
+    if m._next_probe is None:
+        return None
+    times = [m._next_probe, *m._suspect_deadline.values()]
+    probe = m._probe
+    if probe and not probe.acked and not probe.indirect_sent:
+        times.append(probe.started + cfg.ack_timeout)
+    if m._pending and cfg.gossip_fanout and any(v.state in (A, S) for v in others.values()):
+        times.append(m._next_gossip)
+    if not m._left and any(v.state == D for v in others.values()):
+        times.append(m._next_reconnect)
+    gone = [v.since for v in others.values() if v.state in (D, L)]
+    if gone:
+        times.append(min(gone) + cfg.dead_reap_after)
+    return min(times)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_indexed_views_match_a_full_scan_through_random_histories(seed: int) -> None:
+    """The sorted live/dead views, suspicion and reap heaps and gossip heap are kept up to
+    date incrementally; after every step they must equal what a scan of all members gives."""
+    rng = random.Random(seed)
+    cfg = SwimConfig(dead_reap_after=5.0, max_gossip=3)
+    m = Membership("me", cfg, random.Random(seed))
+    ids = [f"p{i}" for i in range(25)]
+    now = 0.0
+    for _ in range(600):
+        now += rng.uniform(0.0, 0.3)
+        roll = rng.random()
+        if roll < 0.35:
+            states = (A, S, D, L) if rng.random() < 0.05 else (A, S, D)
+            m.apply_gossip([up(rng.choice(ids), rng.choice(states), rng.randrange(4))], now)
+        elif roll < 0.45:
+            m.add(rng.choice(ids), now)
+        elif roll < 0.8:
+            m.tick(now)
+        else:
+            out = m.gossip_for(rng.choice(ids))
+            assert len(out) <= cfg.max_gossip
+            assert len({u.node_id for u in out}) == len(out)
+        members = m.members()
+        assert m.alive() == sorted(k for k, v in members.items() if v.state in (A, S) and k != "me")
+        assert m.dead() == sorted(k for k, v in members.items() if v.state == D)
+        assert m.alive_count() == len(m.alive()) and m.dead_count() == len(m.dead())
+        assert set(m._suspect_deadline) == {k for k, v in members.items() if v.state == S}
+        assert m.next_deadline() == naive_deadline(m, cfg)
+    assert m.deaths > 0 and m.suspicions > 0 and len(m.members()) < 26  # some were reaped
+
+
+def test_gossip_goes_out_least_sent_first_and_stops_at_the_retransmit_limit() -> None:
+    cfg = SwimConfig(max_gossip=2, retransmit_mult=1)  # limit 1 * ceil(log10(n + 1))
+    m = Membership("me", cfg, random.Random(0))
+    while m.gossip_for("x"):  # drain the start-up ALIVE(me)
+        pass
+    m.apply_gossip([up("a", A, 1), up("b", A, 1), up("c", A, 1)], 1.0)
+    limit = cfg.retransmit_limit(m.alive_count() + 1)
+    sent: list[str] = []
+    while out := m.gossip_for("x"):
+        sent += [u.node_id for u in out]
+    # newest first among the never-sent, then round-robin by fewest sends
+    assert sent[:2] == ["c", "b"]
+    assert sorted(sent) == sorted(["a", "b", "c"] * limit)
+
+
+def test_the_dead_are_pinged_and_the_live_sampled_without_the_excluded() -> None:
+    m = Membership("me", SwimConfig.lan(), random.Random(0))
+    m.apply_gossip([up(p, A, 0) for p in "abcdef"] + [up("z", D, 0)], 0.0)
+    rng = random.Random(1)
+    for _ in range(50):
+        picked = m.sample(rng, 3, exclude={"a", "b"})
+        assert len(picked) == 3 and len(set(picked)) == 3 and not {"a", "b"} & set(picked)
+    assert sorted(m.sample(rng, 10)) == list("abcdef")
+    seen = {m.random_member(rng) for _ in range(200)}
+    assert seen == set("abcdefz")  # anti-entropy may pick the dead: a healed partition
+    assert Membership("me", SwimConfig.lan(), rng).random_member(rng) is None
+
+
+def test_add_many_is_add_for_a_burst_of_discovery() -> None:
+    cfg = SwimConfig(gossip_fanout=0)
+    m = Membership("me", cfg, random.Random(2))
+    m.add("b", 0.0, "addr-b")
+    m.add_many(["c", "a", "b", "me", "d", "a"], 0.0)  # known, self and repeats are skipped
+    assert m.alive() == ["a", "b", "c", "d"] and m.members()["b"].address == "addr-b"
+    assert [(c.node_id, c.old, c.new) for c in m.changes()] == [
+        (p, None, A) for p in ("b", "c", "a", "d")
+    ]
+    probed = []
+    for _ in range(4):  # one protocol period each: every member is probed once per round
+        _t, (ping,) = first_sends(m)
+        probed.append(ping.peer_id)
+        m.on_ping_ack(ping.peer_id, PingAck(ping.message.seq, ping.peer_id), _t)
+    assert sorted(probed) == ["a", "b", "c", "d"]

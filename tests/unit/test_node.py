@@ -46,6 +46,7 @@ from mesh.messages import (
     Digest,
     Hello,
     MemberState,
+    MemberUpdate,
     MemoryQuery,
     MemoryResponse,
     MemorySync,
@@ -1025,3 +1026,60 @@ def test_failed_connect_to_a_peer_no_longer_wanted_does_not_pin_the_deadline() -
     net.advance(30.0)
     assert a.membership.state_of("ghost") is MemberState.DEAD
     assert a.membership.state_of("b") is MemberState.ALIVE
+
+
+def acks_sent(net: Net, mark: int) -> list[tuple[str, str]]:
+    """(acker, to) of every SYNC_ACK sent since `mark`."""
+    return [(src, s.peer_id) for src, s in net.sent[mark:] if isinstance(message_of(s), SyncAck)]
+
+
+def test_peer_ack_is_answered_by_the_origins_links_not_by_the_whole_flood() -> None:
+    net, _a, _b, c = line()  # c gets a's batch through b; one ack is all `peer` needs
+    mark = len(net.sent)
+    write = WriteRequested(
+        1, puts=[NewItem("L1", "v", "x")], ack=AckLevel.PEER, priority=Priority.CRITICAL
+    )
+    net.do("a", write)
+    net.settle()
+    assert "x" in c.memory
+    assert acks_sent(net, mark) == [("b", "a")]
+    done = [e for e in net.log["a"] if isinstance(e, WriteAcked)]
+    assert [(e.request_id, e.acked_by) for e in done] == [(1, ("b",))]
+
+
+def test_all_ack_is_answered_by_every_receiver_of_the_flood() -> None:
+    net, _a, _b, _c = line()
+    mark = len(net.sent)
+    write = WriteRequested(
+        1, puts=[NewItem("L1", "v", "x")], ack=AckLevel.ALL, priority=Priority.CRITICAL
+    )
+    frame = sends(net.do("a", write))[0].frame
+    assert decode_message(frame)[0].flags & Flags.ACK_ALL
+    net.settle()
+    assert sorted(acks_sent(net, mark)) == [("b", "a"), ("c", "a")]
+
+
+def test_swim_ping_to_an_unlinked_dead_member_also_dials_it() -> None:
+    """Above full_mesh_max dead members are not among the wanted links, and a transport
+    speaks only over links: without the dial, the sides of a healed partition stay apart."""
+    a = make_node("a", NodeConfig.sim(**QUIET))
+    peers = [f"p{i:02d}" for i in range(30)]
+    for peer in peers:
+        a.handle(PeerFound(peer), 0.0)
+    a.membership.apply_gossip([MemberUpdate("p25", MemberState.DEAD, 0)], 0.0)
+    a.handle(Tick(), 0.0)
+    assert "p25" not in a.links
+    dialled, pinged = [], []
+    now = 0.0
+    # Nobody answers here, so members die one by one; stop before the mesh is small
+    # enough (full_mesh_max) for every dead member to be dialled anyway.
+    while not dialled:
+        now += 0.5
+        effects = a.handle(Tick(), now)
+        if a.membership.alive_count() <= a.config.full_mesh_max:
+            break
+        pinged += [s for s in sends(effects) if s.peer_id == "p25"]
+        dialled += [e for e in effects if isinstance(e, Connect) and e.peer_id == "p25"]
+    assert pinged and dialled  # SWIM's probe of the dead member, and a link to carry it
+    connects = [e for e in a.handle(Tick(), now + 0.1) if isinstance(e, Connect)]
+    assert Connect("p25") not in connects  # one attempt at a time
