@@ -157,7 +157,9 @@ class Daemon:
             argv = request.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise ValueError("cli request needs argv: a list of strings")
-            return await run_in_daemon(mesh, argv, {"status": self.status()})
+            # Status counts every tier's items: only the status command pays for it.
+            status = self.status() if argv[:1] == ["status"] else None
+            return await run_in_daemon(mesh, argv, {"status": status})
         if op == "status":
             return self.status()
         if op == "peers":
