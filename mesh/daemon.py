@@ -187,6 +187,7 @@ class Daemon:
                     "bytes_done": t.bytes_done,
                     "bytes_total": t.bytes_total,
                     "items_total": t.items_total,
+                    "items_done": t.items_done,
                 }
                 for t in runtime.node.transfers()
             ],

@@ -211,12 +211,13 @@ class NodeRuntime:
                     # No link or a full queue: anti-entropy repairs what this frame carried.
                     # Sliced initial syncs keep the queue far below its bound, so say it.
                     self.stats.frames_not_sent += 1
-                    log.warning(
-                        "frame of %d bytes to %s not sent (no link or queue full; %d so far)",
-                        len(effect.frame),
-                        effect.peer_id,
-                        self.stats.frames_not_sent,
-                    )
+                    if self.stats.frames_not_sent % 100 == 1:  # pings to a dead peer repeat
+                        log.warning(
+                            "frame of %d bytes to %s not sent (no link or queue full; %d so far)",
+                            len(effect.frame),
+                            effect.peer_id,
+                            self.stats.frames_not_sent,
+                        )
             elif isinstance(effect, Emit):
                 self._emit(effect.events)
             elif isinstance(effect, WriteAcked):
