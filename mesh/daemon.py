@@ -20,6 +20,7 @@ from typing import Any
 from crdt.item import MemoryItem
 from discovery.mdns import MdnsDiscovery
 from discovery.records import PeerRecord
+from discovery.static import StaticDiscovery, StaticPeer, parse_bootstrap
 from mesh.api import Mesh
 from mesh.cli_net import run_in_daemon
 from mesh.control import ControlServer
@@ -30,6 +31,7 @@ from mesh.runtime import NodeRuntime
 from mesh.webrtc import WebRtcTransport
 
 log = logging.getLogger("memmesh.daemon")
+STATIC_PROBE_S = 5.0  # bootstrap addresses are probed this often (found peers are linked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,12 @@ class Daemon:
                     on_lost=runtime.peer_lost,
                 )
                 self.discovery = discovery
-                async with discovery, ControlServer(options.data_dir, self.handle):
+                static = self._static_discovery(setup.bootstrap, transport, config.tiers)
+                async with (
+                    discovery,
+                    static or contextlib.nullcontext(),
+                    ControlServer(options.data_dir, self.handle),
+                ):
                     metrics = await self._start_metrics()
                     log.info(
                         "node %s up: mesh %s, profile %s, signaling port %d",
@@ -140,6 +147,38 @@ class Daemon:
                     if metrics is not None:
                         metrics.close()
                 mesh.attach(None)
+
+    def _static_discovery(
+        self, bootstrap: tuple[str, ...], transport: WebRtcTransport, tiers: tuple[str, ...]
+    ) -> StaticDiscovery | None:
+        """Probe the join token's bootstrap addresses (networks without multicast)."""
+        own = {(ip, transport.port) for ip in self.options.interfaces}
+        addresses = []
+        for address in bootstrap:
+            try:
+                (where,) = parse_bootstrap([address])
+            except ValueError as exc:
+                log.warning("bootstrap address ignored: %s", exc)
+                continue
+            if where not in own:
+                addresses.append(address)
+        if not addresses:
+            return None
+        runtime = self.runtime
+        assert runtime is not None
+
+        def found(peer: StaticPeer) -> None:
+            log.info("bootstrap peer %s at %s:%d", peer.node_id, peer.host, peer.port)
+            # Tiers are unknown until its Hello: assume ours (a tier it lacks is ignored).
+            runtime.peer_found(peer.node_id, peer.host, peer.port, tiers)
+
+        return StaticDiscovery(
+            addresses,
+            probe=transport.identify,
+            on_found=found,
+            on_lost=runtime.peer_lost,
+            interval_s=STATIC_PROBE_S,
+        )
 
     def _found(self, record: PeerRecord) -> None:
         assert self.runtime is not None

@@ -39,7 +39,7 @@ from aiortc.exceptions import InvalidStateError
 from mesh import signaling_server
 from mesh.identity import NodeIdentity
 from mesh.signaling_server import SignalingServer, Signer, now_ms
-from mesh.trust import MeshCredentials, SignalingRefused, SignalingVerifier
+from mesh.trust import ANY_RECIPIENT, MeshCredentials, SignalingRefused, SignalingVerifier
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,25 @@ class WebRtcTransport:
             return True
         return self._transmit(link, channel, label, bytes(frame))
 
+    async def identify(self, address: str, port: int) -> str | None:
+        """Return the node id of the mesh member whose signaling endpoint is address:port.
+
+        None if nothing answers there, the answer does not verify, or it is this node.
+        Static discovery uses it: bootstrap addresses carry no node id.
+        """
+        hello = self._signer.seal("hello", ANY_RECIPIENT, "")
+        reply = await signaling_server.exchange(address, port, hello)
+        if reply is None:
+            return None
+        try:
+            answer = self._verifier.verify(reply, now_ms())
+        except SignalingRefused as exc:
+            self._refuse(address, exc.reason, counted=True)
+            return None
+        if answer.kind != "hello" or answer.sender == self.node_id:
+            return None
+        return answer.sender
+
     def disconnect(self, peer_id: str) -> None:
         """Close the link to `peer_id` if any (on_link_down fires if it was up)."""
         link = self._links.get(peer_id)
@@ -509,6 +528,8 @@ class WebRtcTransport:
             self._refuse(address, exc.reason, counted=True)
             return None
         peer_id = offer.sender
+        if offer.kind == "hello" and peer_id != self.node_id:
+            return self._signer.seal("hello", peer_id, "")
         if offer.kind != "offer" or peer_id == self.node_id:
             self._refuse(address, "unexpected-offer")
             return None
