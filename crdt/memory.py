@@ -112,7 +112,10 @@ class TieredMemory:
         """Create empty tiers; `client_ids` must be fresh Yjs client ids, one per tier."""
         self.node_id = node_id
         self.config = config or MemoryConfig.default()
-        self.clock = clock or HybridLogicalClock(max_drift_ms=self.config.max_clock_drift_ms)
+        self.clock = clock or HybridLogicalClock(
+            max_drift_ms=self.config.max_clock_drift_ms,
+            ceiling_window_ms=self.config.hlc_ceiling_window_ms,
+        )
         self.events = events or EventLog(
             capacity=self.config.event_capacity, retention_ms=self.config.event_retention_ms
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -83,7 +84,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
-        async with Mesh.open(options.data_dir, config=config.memory) as mesh:
+        # A ceiling persisted 200 ms ahead lets most urgent writes overlap their send with
+        # their commit (mesh/runtime.py); a restart moves the clock at most that far ahead.
+        memory_config = dataclasses.replace(config.memory, hlc_ceiling_window_ms=200)
+        async with Mesh.open(options.data_dir, config=memory_config) as mesh:
             self.mesh = mesh
             node = Node(mesh.memory, config, random.Random(os.urandom(16)))
             committer = mesh._running()
