@@ -101,6 +101,7 @@ class _SlicedSync:
 
     plan: SlicePlan
     items: int
+    last: float  # when it started or last got an ack
     next: int = 0
     in_flight: set[bytes] = field(default_factory=set)
 
@@ -405,6 +406,7 @@ class Node:
             for (peer, tier), sliced in self._sliced_out.items():
                 if peer == peer_id and message.batch_id in sliced.in_flight:
                     sliced.in_flight.discard(message.batch_id)
+                    sliced.last = self._now
                     return self._send_slices(peer, tier, sliced)
             return list(self.acks.on_ack(message.batch_id, message.node_id, None))
         if isinstance(message, Hello):
@@ -537,6 +539,9 @@ class Node:
             self._seen.popitem(last=False)
 
     def _answer_step1(self, peer_id: str, tier: str, state_vector: bytes) -> list[Effect]:
+        if self._slices_flowing(self._sliced_out.get((peer_id, tier))):
+            # Its state vector lags the slices in flight: answering would send them again.
+            return []
         doc = self.memory.tier_doc(tier)
         try:
             diff = doc.encode_diff(state_vector)
@@ -548,7 +553,7 @@ class Node:
             return self._bad_frame(peer_id, f"bad state vector: {exc}")
         if plan is not None and len(plan) > 1:
             # A newer STEP1 replaces a sliced sync in progress: it knows what arrived since.
-            sliced = self._sliced_out[(peer_id, tier)] = _SlicedSync(plan, len(doc))
+            sliced = self._sliced_out[(peer_id, tier)] = _SlicedSync(plan, len(doc), self._now)
             effects = self._send_slices(peer_id, tier, sliced)
         else:
             message = MemorySync(
@@ -556,9 +561,15 @@ class Node:
             )
             effects = self._send_sync([peer_id], message, Priority.NORMAL, Flags.NONE)
         sent = self._step1_sent.get((peer_id, tier))
-        if sent is None or self._now - sent > self.config.step1_guard_s:
+        if (
+            sent is None or self._now - sent > self.config.step1_guard_s
+        ) and not self._slices_flowing(self._sliced_in.get((peer_id, tier))):
             effects.append(self._step1(peer_id, tier))  # pull too: push-pull exchange
         return effects
+
+    def _slices_flowing(self, state: _SlicedSync | _SlicedIn | None) -> bool:
+        """Return True while a sliced sync (either way) progressed within `step2_idle_s`."""
+        return state is not None and self._now - state.last <= self.config.step2_idle_s
 
     def _send_slices(self, peer_id: str, tier: str, sliced: _SlicedSync) -> list[Effect]:
         """Send slices until `step2_window` await acks; the last one asks for none."""
@@ -593,8 +604,7 @@ class Node:
         effects: list[Effect] = []
         for tier, root in message.roots:
             if tier in self.config.tiers and root != self.memory.digest(tier).root():
-                sliced = self._sliced_in.get((peer_id, tier))
-                if sliced is not None and self._now - sliced.last <= self.config.step2_idle_s:
+                if self._slices_flowing(self._sliced_in.get((peer_id, tier))):
                     continue  # the digest differs because slices are still arriving
                 effects.append(self._step1(peer_id, tier))
         return effects

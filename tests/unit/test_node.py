@@ -946,6 +946,28 @@ def test_a_digest_does_not_restart_a_sliced_sync_in_progress(big_l3: list[NewIte
     assert roots(a) == roots(b)
 
 
+def test_exchanges_during_a_sliced_sync_do_not_send_its_slices_again(
+    big_l3: list[NewItem],
+) -> None:
+    net, a, b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    while b.memory.count("L3") < 300:
+        net.step()
+    net.now += a.config.step1_guard_s + 1.0  # past the guard: a pull would be due
+    step1 = MemorySync(b"\x05" * 16, "b", "a", "L3", SyncKind.STEP1, b.memory.tier_doc(
+        "L3").state_vector())  # fmt: skip
+    assert syncs(net.do("a", FrameReceived("b", encode_message(step1)))) == []
+    # b's digest makes a ask b for what it lacks; b answers without pulling again.
+    roots_of_b = tuple((t, b.memory.digest(t).root()) for t in b.config.tiers)
+    asked = syncs(net.do("a", FrameReceived("b", encode_message(Digest(roots_of_b)))))
+    assert [m.kind for m in asked] == [SyncKind.STEP1]
+    answer = net.do("b", FrameReceived("a", encode_message(asked[0])))
+    assert [m.kind for m in syncs(answer)] == [SyncKind.STEP2]
+    net.settle()
+    sent = sum(len(body) for _f, body in step2_slices(net.sent_since(0, src="a")))
+    assert sent < len(a.memory.tier_doc("L3").encode_diff()) + SLICE
+    assert roots(a) == roots(b)
+
+
 def test_resume_of_an_unknown_transfer_restarts_with_step1() -> None:
     net, (_a, _b) = linked("a", "b")
     frame = encode_message(Resume(b"\x07" * 16, 5))
