@@ -206,6 +206,8 @@ class Node:
         """Return the initial syncs still arriving: sliced ones, then single chunked bodies."""
         sliced = []
         for (peer, tier), state in self._sliced_in.items():
+            if not self._slices_flowing(state):
+                continue  # broken off: a new exchange starts its own progress
             items_done = max(0, len(self.memory.tier_doc(tier)) - state.started_items)
             done = state.bytes_done + state.partial_bytes
             per_item = state.bytes_done / items_done if items_done else 0.0
