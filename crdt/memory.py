@@ -475,7 +475,16 @@ class TieredMemory:
         events: list[MemoryEvent] = []
         newest: Timestamp | None = None
         to_index: list[tuple[str, str, FloatVector]] = []
+        hashes: list[tuple[str, bytes | None]] = []
         for item_id in sorted(changed):
+            if item_id not in self._where:
+                new = self._refresh_new(item_id, tier, hashes, to_index)
+                if new is not None:
+                    if newest is None or new.updated > newest:
+                        newest = new.updated
+                    if not new.deleted:
+                        events.append(self._event(tier, item_id, EventKind.PUT, "remote", new))
+                    continue
             self._note_tier(item_id, tier)
             was_live = item_id in self._home
             resolution = self._refresh(
@@ -490,6 +499,7 @@ class TieredMemory:
             elif was_live:
                 last = resolution.versions[-1] if resolution.versions else None
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
+        self._digests[tier].set_many(hashes)
         self._index_all(to_index)
         if newest is not None:
             try:
@@ -719,6 +729,42 @@ class TieredMemory:
                 self._unindex(item_id)
         self._track_conflict(item_id, resolution, origin, events)
         return resolution
+
+    def _refresh_new(
+        self,
+        item_id: str,
+        tier: str,
+        hashes: list[tuple[str, bytes | None]],
+        to_index: list[tuple[str, str, FloatVector]],
+    ) -> MemoryItem | None:
+        """Do what `_refresh` does for an id new to every tier with one version in `tier`.
+
+        The digest entry and embedding go to `hashes` and `to_index`. Returns the decoded
+        version, or None, having changed nothing, when the shape differs or the record is
+        corrupt (the caller then takes the general path). One version in one tier: there
+        is nothing to resolve and no conflict.
+        """
+        doc = self._tiers[tier]
+        versions = doc.versions(item_id)
+        if len(versions) != 1:
+            return None
+        (record,) = versions.values()
+        try:
+            item = from_record(item_id, tier, record)
+        except CorruptRecordError:
+            return None
+        self._where[item_id] = {tier}
+        hashes.append((item_id, doc.content_hash(item_id)))
+        self._cache.invalidate(item_id)
+        self._l0_vectors.pop(item_id, None)
+        if item.deleted:
+            self._tombstoned[tier].add(item_id)
+        else:
+            self._home[item_id] = tier
+            if item.embedding is not None:
+                to_index.append((tier, item_id, item.embedding))
+                self._indexed_tier[item_id] = tier
+        return item
 
     def _index_all(self, entries: Sequence[tuple[str, str, FloatVector]]) -> None:
         """Upsert (tier, id, embedding) entries, one index call per dimension."""
