@@ -554,7 +554,7 @@ class Node:
         except ValueError as exc:
             return self._bad_frame(peer_id, f"bad state vector: {exc}")
         if plan is not None and len(plan) > 1:
-            # A newer STEP1 replaces a sliced sync in progress: it knows what arrived since.
+            # Replaces a stalled sliced sync (if any): this STEP1 says what arrived.
             sliced = self._sliced_out[(peer_id, tier)] = _SlicedSync(plan, len(doc), self._now)
             effects = self._send_slices(peer_id, tier, sliced)
         else:
