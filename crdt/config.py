@@ -44,6 +44,9 @@ class MemoryConfig:
     event_capacity: int = 100_000
     event_retention_ms: int | None = 7 * DAY_MS
     max_clock_drift_ms: int = 60_000
+    # How far ahead of use the HLC ceiling is persisted (crdt/hlc.py): also how far a restart
+    # may push the clock. A long-running daemon persists it less often (mesh/daemon.py).
+    hlc_ceiling_window_ms: int = 1
 
     def policy(self, tier: str) -> TierPolicy:
         """Return the policy of a replicated tier (KeyError if unknown)."""

@@ -320,7 +320,8 @@ def from_record(item_id: str, tier: str, record: str) -> MemoryItem:
             embedding.flags.writeable = False
         moved_to = raw.get("moved_to")
         metadata = _typed(raw["metadata"], dict, "metadata")
-        canonical_json(metadata)  # no NaN or infinity: the item must re-encode
+        if metadata:
+            canonical_json(metadata)  # no NaN or infinity: the item must re-encode
         confidence = _typed(raw["confidence"], (int, float), "confidence")
         if not 0.0 <= confidence <= 1.0:  # also false for NaN
             raise ValueError(f"confidence {confidence!r} outside [0, 1]")

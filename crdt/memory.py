@@ -112,7 +112,10 @@ class TieredMemory:
         """Create empty tiers; `client_ids` must be fresh Yjs client ids, one per tier."""
         self.node_id = node_id
         self.config = config or MemoryConfig.default()
-        self.clock = clock or HybridLogicalClock(max_drift_ms=self.config.max_clock_drift_ms)
+        self.clock = clock or HybridLogicalClock(
+            max_drift_ms=self.config.max_clock_drift_ms,
+            ceiling_window_ms=self.config.hlc_ceiling_window_ms,
+        )
         self.events = events or EventLog(
             capacity=self.config.event_capacity, retention_ms=self.config.event_retention_ms
         )
@@ -471,10 +474,22 @@ class TieredMemory:
         self.stats.remote_updates_applied += 1
         events: list[MemoryEvent] = []
         newest: Timestamp | None = None
+        to_index: list[tuple[str, str, FloatVector]] = []
+        hashes: list[tuple[str, bytes | None]] = []
         for item_id in sorted(changed):
+            if item_id not in self._where:
+                new = self._refresh_new(item_id, tier, hashes, to_index)
+                if new is not None:
+                    if newest is None or new.updated > newest:
+                        newest = new.updated
+                    if not new.deleted:
+                        events.append(self._event(tier, item_id, EventKind.PUT, "remote", new))
+                    continue
             self._note_tier(item_id, tier)
             was_live = item_id in self._home
-            resolution = self._refresh(item_id, tier, origin="remote", events=events)
+            resolution = self._refresh(
+                item_id, tier, origin="remote", events=events, to_index=to_index
+            )
             for version in resolution.versions:
                 if newest is None or version.updated > newest:
                     newest = version.updated
@@ -484,6 +499,8 @@ class TieredMemory:
             elif was_live:
                 last = resolution.versions[-1] if resolution.versions else None
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
+        self._digests[tier].set_many(hashes)
+        self._index_all(to_index)
         if newest is not None:
             try:
                 self.clock.observe(newest, now_ms)
@@ -631,9 +648,18 @@ class TieredMemory:
                 self.stats.corrupt_records += 1
         return out
 
-    def _resolve(self, item_id: str) -> Resolution:
-        """Resolve an item across tiers; see docs/ARCHITECTURE.md, "Resolution"."""
-        per_tier = {t: self._decoded(item_id, t) for t in sorted(self._where.get(item_id, ()))}
+    def _resolve(
+        self, item_id: str, decoded: Mapping[str, list[MemoryItem]] | None = None
+    ) -> Resolution:
+        """Resolve an item across tiers; see docs/ARCHITECTURE.md, "Resolution".
+
+        `decoded` may hold versions already decoded for some tiers (the others are decoded).
+        """
+        known = decoded or {}
+        per_tier = {
+            t: known[t] if t in known else self._decoded(item_id, t)
+            for t in sorted(self._where.get(item_id, ()))
+        }
         versions = tuple(v for vs in per_tier.values() for v in vs)
         live_by_tier = {t: [v for v in vs if not v.deleted] for t, vs in per_tier.items()}
         live_tiers = [t for t, vs in live_by_tier.items() if vs]
@@ -657,13 +683,21 @@ class TieredMemory:
         origin: str | None,
         known: MemoryItem | None = None,
         events: list[MemoryEvent] | None = None,
+        to_index: list[tuple[str, str, FloatVector]] | None = None,
     ) -> Resolution:
-        """Bring digest, liveness, index, cache and conflict tracking up to date for one id."""
+        """Bring digest, liveness, index, cache and conflict tracking up to date for one id.
+
+        With `to_index`, the embedding to index is appended there for `_index_all` instead.
+        """
         self._note_tier(item_id, tier)
+        decoded: dict[str, list[MemoryItem]] = {}  # decoded once, for tombstones and resolution
         for t, doc in self._tiers.items():
             if item_id in doc:
                 self._digests[t].set(item_id, doc.content_hash(item_id))
-                self._track_tombstones(item_id, t, live=known is not None and known.tier == t)
+                live = known is not None and known.tier == t
+                if not live:
+                    decoded[t] = self._decoded(item_id, t)
+                self._track_tombstones(item_id, t, live=live, decoded=decoded.get(t))
             else:  # what the above does for a tier without versions, minus the work
                 digest = self._digests[t]
                 if item_id in digest:
@@ -673,7 +707,7 @@ class TieredMemory:
         if single_home and known is not None:
             resolution = Resolution(known, (known,), False)
         else:
-            resolution = self._resolve(item_id)
+            resolution = self._resolve(item_id, decoded)
         self._cache.invalidate(item_id)
         self._l0_vectors.pop(item_id, None)
         item = resolution.item
@@ -686,18 +720,78 @@ class TieredMemory:
                 old = self._indexed_tier.get(item_id)
                 if old is not None and old != item.tier:
                     self._index.remove(old, item_id)
-                self._index.upsert(item.tier, item_id, item.embedding)
+                if to_index is None:
+                    self._index.upsert(item.tier, item_id, item.embedding)
+                else:
+                    to_index.append((item.tier, item_id, item.embedding))
                 self._indexed_tier[item_id] = item.tier
             else:
                 self._unindex(item_id)
         self._track_conflict(item_id, resolution, origin, events)
         return resolution
 
-    def _track_tombstones(self, item_id: str, tier: str, live: bool = False) -> None:
+    def _refresh_new(
+        self,
+        item_id: str,
+        tier: str,
+        hashes: list[tuple[str, bytes | None]],
+        to_index: list[tuple[str, str, FloatVector]],
+    ) -> MemoryItem | None:
+        """Do what `_refresh` does for an id new to every tier with one version in `tier`.
+
+        The digest entry and embedding go to `hashes` and `to_index`. Returns the decoded
+        version, or None, having changed nothing, when the shape differs or the record is
+        corrupt (the caller then takes the general path). One version in one tier: there
+        is nothing to resolve and no conflict.
+        """
+        doc = self._tiers[tier]
+        versions = doc.versions(item_id)
+        if len(versions) != 1:
+            return None
+        (record,) = versions.values()
+        try:
+            item = from_record(item_id, tier, record)
+        except CorruptRecordError:
+            return None
+        self._where[item_id] = {tier}
+        hashes.append((item_id, doc.content_hash(item_id)))
+        self._cache.invalidate(item_id)
+        self._l0_vectors.pop(item_id, None)
+        if item.deleted:
+            self._tombstoned[tier].add(item_id)
+        else:
+            self._home[item_id] = tier
+            if item.embedding is not None:
+                to_index.append((tier, item_id, item.embedding))
+                self._indexed_tier[item_id] = tier
+        return item
+
+    def _index_all(self, entries: Sequence[tuple[str, str, FloatVector]]) -> None:
+        """Upsert (tier, id, embedding) entries, one index call per dimension."""
+        by_dim: dict[int, list[tuple[str, str, FloatVector]]] = {}
+        for entry in entries:
+            by_dim.setdefault(entry[2].shape[0], []).append(entry)
+        for group in by_dim.values():
+            self._index.upsert_many(
+                [t for t, _i, _v in group],
+                [i for _t, i, _v in group],
+                np.stack([v for *_k, v in group]),
+            )
+
+    def _track_tombstones(
+        self,
+        item_id: str,
+        tier: str,
+        live: bool = False,
+        decoded: list[MemoryItem] | None = None,
+    ) -> None:
         tomb = (
             not live
             and item_id in self._tiers[tier]
-            and all(v.deleted for v in self._decoded(item_id, tier))
+            and all(
+                v.deleted
+                for v in (decoded if decoded is not None else self._decoded(item_id, tier))
+            )
         )
         if tomb:
             self._tombstoned[tier].add(item_id)

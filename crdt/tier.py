@@ -52,7 +52,7 @@ class TierDoc:
         self._doc: Doc[Any] = Doc(client_id=client_id)
         self._map: Map[Any] = self._doc.get(ROOT_NAME, type=Map)
         self._versions: dict[str, dict[str, str]] = {}
-        self._changed_keys: set[str] = set()
+        self._changed_keys: dict[str, Any] = {}  # key -> its new value (None: deleted)
         self._captured: list[bytes] = []
         self._held: list[tuple[int, int, bytes]] = []
         self.gaps_dropped = 0
@@ -65,7 +65,10 @@ class TierDoc:
         return int(self._doc.client_id)
 
     def _on_map_event(self, event: Any) -> None:
-        self._changed_keys.update(event.keys)
+        # The event carries each key's new value: reading them back from the map would cost
+        # a transaction per key.
+        for key, change in event.keys.items():
+            self._changed_keys[key] = change.get("newValue")
 
     def _on_transaction(self, event: Any) -> None:
         self._captured.append(bytes(event.update))
@@ -224,14 +227,13 @@ class TierDoc:
             self._captured.clear()
         return self._reindex(self._changed_keys)
 
-    def _reindex(self, keys: Iterable[str]) -> set[str]:
+    def _reindex(self, keys: Mapping[str, Any]) -> set[str]:
         changed: set[str] = set()
-        for key in list(keys):
+        for key, value in list(keys.items()):
             parts = split_key(key)
             if parts is None:
                 continue
             item_id, writer = parts
-            value = self._map.get(key)
             versions = self._versions.get(item_id)
             if isinstance(value, str):
                 if versions is None:

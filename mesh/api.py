@@ -120,7 +120,9 @@ class Mesh:
         used.update(client_ids.values())
         ceiling = int(store.get_meta("hlc_ceiling_ms") or "0")
         clock = HybridLogicalClock(
-            max_drift_ms=self.config.max_clock_drift_ms, restored_ceiling_ms=ceiling
+            max_drift_ms=self.config.max_clock_drift_ms,
+            ceiling_window_ms=self.config.hlc_ceiling_window_ms,
+            restored_ceiling_ms=ceiling,
         )
         events = EventLog(
             capacity=self.config.event_capacity,

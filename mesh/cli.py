@@ -207,10 +207,12 @@ async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
         )
         for transfer in status.get("transfers", []):
             done, total = transfer["bytes_done"], max(1, transfer["bytes_total"])
-            bar = "#" * int(30 * done / total)
+            items, items_total = transfer.get("items_done", 0), transfer["items_total"]
+            share = items / items_total if items and items_total else done / total
+            bar = "#" * int(30 * min(1.0, share))
             print(
                 f"  initial sync {transfer['tier']} from {transfer['peer']}: "
-                f"[{bar:<30}] {done}/{total} bytes, ~{transfer['items_total']} items",
+                f"[{bar:<30}] {items}/{items_total} items, {done}/~{total} bytes",
                 file=args.out,
             )
 

@@ -31,6 +31,9 @@ class NodeConfig:
     query_timeout_s: float = 5.0
     bad_frames_before_disconnect: int = 20
     step1_guard_s: float = 2.0
+    step2_batch_bytes: int = 1 << 20  # an initial sync goes out in applicable slices of this
+    step2_window: int = 4  # slices sent ahead of the receiver's acks
+    step2_idle_s: float = 5.0  # an incoming sliced sync this quiet is over (digests resume)
     profile: str = "standard"
     hub_eligible: bool = True
     hub: HubConfig = field(default_factory=HubConfig)  # election and relay (hub_role)

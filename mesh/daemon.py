@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import Any
 from crdt.item import MemoryItem
 from discovery.mdns import MdnsDiscovery
 from discovery.records import PeerRecord
+from discovery.static import StaticDiscovery, StaticPeer, parse_bootstrap
 from hub_role.signing import Ed25519Signer
 from mesh.api import Mesh
 from mesh.cli_net import run_in_daemon
@@ -31,6 +33,7 @@ from mesh.runtime import NodeRuntime
 from mesh.webrtc import WebRtcTransport
 
 log = logging.getLogger("memmesh.daemon")
+STATIC_PROBE_S = 5.0  # bootstrap addresses are probed this often (found peers are linked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
-        async with Mesh.open(options.data_dir, config=config.memory) as mesh:
+        # A ceiling persisted 200 ms ahead lets most urgent writes overlap their send with
+        # their commit (mesh/runtime.py); a restart moves the clock at most that far ahead.
+        memory_config = dataclasses.replace(config.memory, hlc_ceiling_window_ms=200)
+        async with Mesh.open(options.data_dir, config=memory_config) as mesh:
             self.mesh = mesh
             # The node key signs hub claims and relayed frames (hub_role).
             signer = Ed25519Signer(bytes(setup.identity.signing_key))
@@ -129,7 +135,12 @@ class Daemon:
                     on_lost=runtime.peer_lost,
                 )
                 self.discovery = discovery
-                async with discovery, ControlServer(options.data_dir, self.handle):
+                static = self._static_discovery(setup.bootstrap, transport, config.tiers)
+                async with (
+                    discovery,
+                    static or contextlib.nullcontext(),
+                    ControlServer(options.data_dir, self.handle),
+                ):
                     metrics = await self._start_metrics()
                     log.info(
                         "node %s up: mesh %s, profile %s, signaling port %d",
@@ -143,6 +154,38 @@ class Daemon:
                     if metrics is not None:
                         metrics.close()
                 mesh.attach(None)
+
+    def _static_discovery(
+        self, bootstrap: tuple[str, ...], transport: WebRtcTransport, tiers: tuple[str, ...]
+    ) -> StaticDiscovery | None:
+        """Probe the join token's bootstrap addresses (networks without multicast)."""
+        own = {(ip, transport.port) for ip in self.options.interfaces}
+        addresses = []
+        for address in bootstrap:
+            try:
+                (where,) = parse_bootstrap([address])
+            except ValueError as exc:
+                log.warning("bootstrap address ignored: %s", exc)
+                continue
+            if where not in own:
+                addresses.append(address)
+        if not addresses:
+            return None
+        runtime = self.runtime
+        assert runtime is not None
+
+        def found(peer: StaticPeer) -> None:
+            log.info("bootstrap peer %s at %s:%d", peer.node_id, peer.host, peer.port)
+            # Tiers are unknown until its Hello: assume ours (a tier it lacks is ignored).
+            runtime.peer_found(peer.node_id, peer.host, peer.port, tiers)
+
+        return StaticDiscovery(
+            addresses,
+            probe=transport.identify,
+            on_found=found,
+            on_lost=runtime.peer_lost,
+            interval_s=STATIC_PROBE_S,
+        )
 
     def _found(self, record: PeerRecord) -> None:
         assert self.runtime is not None
@@ -160,7 +203,9 @@ class Daemon:
             argv = request.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise ValueError("cli request needs argv: a list of strings")
-            return await run_in_daemon(mesh, argv, {"status": self.status()})
+            # Status counts every tier's items: only the status command pays for it.
+            status = self.status() if argv[:1] == ["status"] else None
+            return await run_in_daemon(mesh, argv, {"status": status})
         if op == "status":
             return self.status()
         if op == "peers":
@@ -188,6 +233,7 @@ class Daemon:
                     "bytes_done": t.bytes_done,
                     "bytes_total": t.bytes_total,
                     "items_total": t.items_total,
+                    "items_done": t.items_done,
                 }
                 for t in runtime.node.transfers()
             ],

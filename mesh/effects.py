@@ -1,7 +1,9 @@
 """Effects of the sans-IO Node: imperative instructions the driver carries out in order.
 
 Order matters: a `Persist` must be committed before any later effect of the same list is
-carried out, so a `Send` or `WriteAcked` after it never reveals an uncommitted write.
+carried out, so a `WriteAcked` after it never reveals an uncommitted write. A driver may
+make urgent `Send`s of a change that carries no new clock ceiling while it commits (see
+`mesh.runtime`): a crash then loses no acknowledged write and the clock restarts above it.
 """
 
 from __future__ import annotations

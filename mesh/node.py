@@ -16,6 +16,8 @@ from crdt.item import MemoryItem, to_record
 from crdt.memory import Change, TieredMemory
 from crdt.resolvers import BUILTIN_RESOLVERS
 from crdt.tier import CorruptUpdateError
+from crdt.yslice import SlicePlan, plan_slices
+from crdt.ywire import decode_state_vector
 from hub_role.router import HubRouter
 from hub_role.signing import Ed25519Verifier, Signer, Verifier
 from mesh.acks import AckTracker
@@ -102,8 +104,31 @@ class TransferProgress:
     peer_id: str
     tier: str
     bytes_done: int
-    bytes_total: int
+    bytes_total: int  # estimated from the items so far for a sliced initial sync
     items_total: int
+    items_done: int = 0
+
+
+@dataclass(slots=True)
+class _SlicedSync:
+    """An initial sync going out as slices, a few ahead of the receiver's acks."""
+
+    plan: SlicePlan
+    items: int
+    last: float  # when it started or last got an ack
+    next: int = 0
+    in_flight: set[bytes] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _SlicedIn:
+    """An initial sync arriving as slices: what has been applied so far."""
+
+    started_items: int
+    bytes_done: int = 0
+    partial_bytes: int = 0
+    items_total: int = 0
+    last: float = 0.0
 
 
 class Node(HubRole):
@@ -147,6 +172,8 @@ class Node(HubRole):
         self._step1_sent: dict[tuple[str, str], float] = {}
         self._transfers: OrderedDict[bytes, list[bytes]] = OrderedDict()
         self._incoming: dict[tuple[str, bytes], TransferProgress] = {}
+        self._sliced_out: dict[tuple[str, str], _SlicedSync] = {}
+        self._sliced_in: dict[tuple[str, str], _SlicedIn] = {}
         self._queries: dict[int, tuple[int, float]] = {}
         self._next_query_id = 1
         self._next_ae: float | None = None
@@ -231,8 +258,19 @@ class Node(HubRole):
         return frozenset(self._links)
 
     def transfers(self) -> list[TransferProgress]:
-        """Return the chunked bodies (initial syncs) still arriving."""
-        return list(self._incoming.values())
+        """Return the initial syncs still arriving: sliced ones, then single chunked bodies."""
+        sliced = []
+        for (peer, tier), state in self._sliced_in.items():
+            if not self._slices_flowing(state):
+                continue  # broken off: a new exchange starts its own progress
+            items_done = max(0, len(self.memory.tier_doc(tier)) - state.started_items)
+            done = state.bytes_done + state.partial_bytes
+            per_item = state.bytes_done / items_done if items_done else 0.0
+            estimate = max(done, int(per_item * state.items_total))
+            sliced.append(
+                TransferProgress(peer, tier, done, estimate, state.items_total, items_done)
+            )
+        return sliced + list(self._incoming.values())
 
     # ----------------------------------------------------------------- sending
 
@@ -393,6 +431,8 @@ class Node(HubRole):
 
     def _on_link_down(self, peer_id: str) -> list[Effect]:
         self._links.discard(peer_id)
+        for key in [k for k in self._sliced_out if k[0] == peer_id]:
+            del self._sliced_out[key]
         if peer_id in self._connecting:
             del self._connecting[peer_id]
             attempts, _at = self._retry_at.get(peer_id, (0, 0.0))
@@ -445,6 +485,11 @@ class Node(HubRole):
         if isinstance(message, Digest):
             return self._on_digest(peer_id, message)
         if isinstance(message, SyncAck):
+            for (peer, tier), sliced in self._sliced_out.items():
+                if peer == peer_id and message.batch_id in sliced.in_flight:
+                    sliced.in_flight.discard(message.batch_id)
+                    sliced.last = self._now
+                    return self._send_slices(peer, tier, sliced)
             router = self._hub_router()
             router.on_ack(message.batch_id, message.node_id)
             hub = router.hub
@@ -502,10 +547,13 @@ class Node(HubRole):
                 return []
             self._remember(key)
         body = message.body
+        sliced = self._track_slice(peer_id, frame, message)
         if message.chunk is not None:
             # A flooded body's pieces may come over different links (deduplicated per
             # piece above), so reassemble them under their origin, not the neighbour.
-            assembled = self._collect_chunk(message.source if flooded else peer_id, message)
+            assembled = self._collect_chunk(
+                message.source if flooded else peer_id, message, sliced=sliced is not None
+            )
             if flooded and forward:
                 effects.extend(self._forward(peer_id, message, raw, frame.priority))
             if assembled is None:
@@ -521,6 +569,9 @@ class Node(HubRole):
         held, dropped = doc.held_updates, doc.gaps_dropped
         change = self.memory.apply_remote(message.tier, body, int(self._now * 1000))
         self.counters.syncs_applied += 1
+        if sliced is not None:
+            sliced.bytes_done += len(body)
+            sliced.partial_bytes = 0
         effects.extend(self._persist(change))
         if doc.held_updates <= held and doc.gaps_dropped == dropped:
             # Integrated and persisted. An update held back until a missing one arrives is
@@ -541,11 +592,33 @@ class Node(HubRole):
             effects.append(self._step1(peer_id, message.tier))
         return effects
 
-    def _collect_chunk(self, peer_id: str, message: MemorySync) -> bytes | None:
+    def _track_slice(self, peer_id: str, frame: Frame, message: MemorySync) -> _SlicedIn | None:
+        """Note progress of a sliced initial sync; return its state while slices follow."""
+        if message.kind is not SyncKind.STEP2 or message.tier not in self.config.tiers:
+            return None
+        key = (peer_id, message.tier)
+        if not frame.flags & Flags.REQUIRES_ACK:  # a single body, or the last slice
+            if message.chunk is None or message.chunk.index == message.chunk.total - 1:
+                self._sliced_in.pop(key, None)
+            return None
+        state = self._sliced_in.get(key)
+        if state is None or self._now - state.last > self.config.step2_idle_s:
+            state = self._sliced_in[key] = _SlicedIn(len(self.memory.tier_doc(message.tier)))
+        state.items_total = message.items
+        state.last = self._now
+        return state
+
+    def _collect_chunk(self, peer_id: str, message: MemorySync, *, sliced: bool) -> bytes | None:
         chunk = message.chunk
         assert chunk is not None
         key = (peer_id, chunk.transfer_id)
         assembled = self._reassembler.add(peer_id, chunk, message.body)
+        if sliced:
+            # Progress is the sliced sync's; after a break a new STEP1 continues it.
+            if assembled is None:
+                state = self._sliced_in[(peer_id, message.tier)]
+                state.partial_bytes = self._reassembler.progress(peer_id, chunk.transfer_id)[0]
+            return assembled
         if assembled is None:
             done, total = self._reassembler.progress(peer_id, chunk.transfer_id)
             self._incoming[key] = TransferProgress(
@@ -586,18 +659,56 @@ class Node(HubRole):
             self._seen.popitem(last=False)
 
     def _answer_step1(self, peer_id: str, tier: str, state_vector: bytes) -> list[Effect]:
+        if self._slices_flowing(self._sliced_out.get((peer_id, tier))):
+            # Its state vector lags the slices in flight: answering would send them again.
+            return []
         doc = self.memory.tier_doc(tier)
         try:
             diff = doc.encode_diff(state_vector)
+            plan = None
+            if len(diff) > self.config.step2_batch_bytes:
+                known = decode_state_vector(state_vector)
+                plan = plan_slices(diff, self.config.step2_batch_bytes, known)
         except ValueError as exc:
             return self._bad_frame(peer_id, f"bad state vector: {exc}")
-        message = MemorySync(
-            self._new_batch_id(), self.node_id, peer_id, tier, SyncKind.STEP2, diff, len(doc)
-        )
-        effects = self._send_sync([peer_id], message, Priority.NORMAL, Flags.NONE)
+        if plan is not None and len(plan) > 1:
+            # Replaces a stalled sliced sync (if any): this STEP1 says what arrived.
+            sliced = self._sliced_out[(peer_id, tier)] = _SlicedSync(plan, len(doc), self._now)
+            effects = self._send_slices(peer_id, tier, sliced)
+        else:
+            message = MemorySync(
+                self._new_batch_id(), self.node_id, peer_id, tier, SyncKind.STEP2, diff, len(doc)
+            )
+            effects = self._send_sync([peer_id], message, Priority.NORMAL, Flags.NONE)
         sent = self._step1_sent.get((peer_id, tier))
-        if sent is None or self._now - sent > self.config.step1_guard_s:
+        if (
+            sent is None or self._now - sent > self.config.step1_guard_s
+        ) and not self._slices_flowing(self._sliced_in.get((peer_id, tier))):
             effects.append(self._step1(peer_id, tier))  # pull too: push-pull exchange
+        return effects
+
+    def _slices_flowing(self, state: _SlicedSync | _SlicedIn | None) -> bool:
+        """Return True while a sliced sync (either way) progressed within `step2_idle_s`."""
+        return state is not None and self._now - state.last <= self.config.step2_idle_s
+
+    def _send_slices(self, peer_id: str, tier: str, sliced: _SlicedSync) -> list[Effect]:
+        """Send slices until `step2_window` await acks; the last one asks for none."""
+        effects: list[Effect] = []
+        total = len(sliced.plan)
+        while sliced.next < total and len(sliced.in_flight) < self.config.step2_window:
+            last = sliced.next == total - 1
+            batch_id = self._new_batch_id()
+            body = sliced.plan.slice(sliced.next)
+            sliced.next += 1
+            message = MemorySync(
+                batch_id, self.node_id, peer_id, tier, SyncKind.STEP2, body, sliced.items
+            )
+            flags = Flags.NONE if last else Flags.REQUIRES_ACK
+            effects.extend(self._send_sync([peer_id], message, Priority.NORMAL, flags))
+            if last:
+                del self._sliced_out[(peer_id, tier)]
+            else:
+                sliced.in_flight.add(batch_id)
         return effects
 
     def _on_resume(self, peer_id: str, message: Resume) -> list[Effect]:
@@ -613,6 +724,8 @@ class Node(HubRole):
         effects: list[Effect] = []
         for tier, root in message.roots:
             if tier in self.config.tiers and root != self.memory.digest(tier).root():
+                if self._slices_flowing(self._sliced_in.get((peer_id, tier))):
+                    continue  # the digest differs because slices are still arriving
                 effects.append(self._step1(peer_id, tier))
         return effects
 

@@ -22,8 +22,11 @@ from types import MappingProxyType
 from crdt.codecs import EmbeddingCodec
 from crdt.config import MemoryConfig, TierPolicy
 from mesh.config import NodeConfig
+from mesh.swim_config import SwimConfig
 
 GIB = 1 << 30
+# Digests repair what no update carried (a lost frame); a link that comes up syncs at once.
+IDLE_DIGEST_S = 5.0
 
 
 class Profile(StrEnum):
@@ -95,6 +98,8 @@ def node_config(profile: Profile, *, on_battery: bool = False) -> NodeConfig:
     tiers["L3"] = TierPolicy("L3", l3.resolver, settings.l3_codec, l3.tombstone_retention_ms)
     memory = dataclasses.replace(base, tiers=MappingProxyType(tiers))
     return NodeConfig.lan(
+        swim=SwimConfig.lan_idle(),
+        anti_entropy_interval_s=IDLE_DIGEST_S,
         tiers=settings.tiers,
         memory=memory,
         sync_interval_s=settings.sync_interval_s,

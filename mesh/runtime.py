@@ -2,7 +2,9 @@
 
 Every input goes through `submit`, which calls `Node.handle` and queues the effects. One
 executor task carries them out strictly in order; a `Persist` is committed before any
-later effect runs, so nothing is sent or acknowledged before it is durable.
+later effect runs, so nothing is acknowledged before it is durable. The one exception:
+urgent (CRITICAL/EMERGENCY) Sends of a change with no new HLC ceiling go out while its
+commit runs (`_send_urgent_during_commit` says why that loses nothing acknowledged).
 """
 
 from __future__ import annotations
@@ -193,23 +195,24 @@ class NodeRuntime:
             await self._run(effects)
 
     async def _run(self, effects: list[Effect]) -> None:
+        early: set[int] = set()  # indices of urgent Sends already made during a commit
         for index, effect in enumerate(effects):
+            if index in early:
+                continue
             self.stats.effects_run += 1
             if isinstance(effect, Persist):
+                commit = asyncio.ensure_future(self._committer.commit(effect.change))
+                if effect.change.ceiling_ms is None:
+                    early |= self._send_urgent_during_commit(effects, index)
                 try:
-                    await self._committer.commit(effect.change)
+                    await commit
                 except Exception as exc:  # a full disk: nothing after it may run
                     self.stats.persist_failures += 1
                     log.error("commit failed, %d effect(s) withheld: %s", len(effects), exc)
                     self._fail_writes(effects[index + 1 :], str(exc))
                     return
             elif isinstance(effect, Send):
-                sent = self._transport.send(
-                    effect.peer_id, effect.frame, urgent=effect.priority >= Priority.CRITICAL
-                )
-                if not sent:
-                    # No link or a full queue: anti-entropy repairs what this frame carried.
-                    self.stats.frames_not_sent += 1
+                self._send(effect)
             elif isinstance(effect, Emit):
                 self._emit(effect.events)
             elif isinstance(effect, WriteAcked):
@@ -225,6 +228,43 @@ class NodeRuntime:
             elif isinstance(effect, Log):
                 level = logging.WARNING if effect.level == "warning" else logging.INFO
                 log.log(level, "%s %s", effect.message, effect.fields)
+
+    def _send_urgent_during_commit(self, effects: list[Effect], persist: int) -> set[int]:
+        """Make the urgent Sends after `effects[persist]` (up to the next Persist) now.
+
+        Durability holds: WriteAcked and every other effect still wait for the commit. A
+        crash after such a send but before the commit loses nothing acknowledged; the peers
+        that got the update give it back, and the restarted node writes under a new Yjs
+        client id (mesh/api.py), so the lost local copy never collides. Only a change with
+        no new HLC ceiling qualifies: its timestamps are below a ceiling already on disk,
+        so the restarted clock stays above everything sent.
+        """
+        made: set[int] = set()
+        for index in range(persist + 1, len(effects)):
+            effect = effects[index]
+            if isinstance(effect, Persist):
+                break
+            if isinstance(effect, Send) and effect.priority >= Priority.CRITICAL:
+                self.stats.effects_run += 1
+                self._send(effect)
+                made.add(index)
+        return made
+
+    def _send(self, effect: Send) -> None:
+        sent = self._transport.send(
+            effect.peer_id, effect.frame, urgent=effect.priority >= Priority.CRITICAL
+        )
+        if not sent:
+            # No link or a full queue: anti-entropy repairs what this frame carried. Sliced
+            # initial syncs keep the queue far below its bound, so say it.
+            self.stats.frames_not_sent += 1
+            if self.stats.frames_not_sent % 100 == 1:  # pings to a dead peer repeat
+                log.warning(
+                    "frame of %d bytes to %s not sent (no link or queue full; %d so far)",
+                    len(effect.frame),
+                    effect.peer_id,
+                    self.stats.frames_not_sent,
+                )
 
     def _emit(self, events: tuple[MemoryEvent, ...]) -> None:
         now = self._clock()

@@ -68,8 +68,11 @@ class Signer:
         self._tiers, self._profile = tiers, profile
 
     def seal(self, kind: str, peer_id: str, sdp: str) -> bytes:
-        """Return the sealed `kind` ("offer"/"answer") of the local `sdp` for `peer_id`."""
-        fingerprints = dtls_fingerprints(sdp)
+        """Return the sealed `kind` ("offer"/"answer") of the local `sdp` for `peer_id`.
+
+        A "hello" has no SDP (pass ""); its `peer_id` may be `ANY_RECIPIENT`.
+        """
+        fingerprints = dtls_fingerprints(sdp) if kind != "hello" else [""]
         if not fingerprints:
             raise ValueError("local SDP has no DTLS fingerprint")
         message = SignalingMessage(

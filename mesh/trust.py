@@ -27,7 +27,10 @@ REASONS: Final = (
 _CHECKSUM_BYTES: Final = 4
 _SIG_DOMAIN: Final = b"memmesh/signaling/v1\x00"
 _MAX_TIMESTAMP: Final = 2**63 - 1
-_KINDS: Final = frozenset({"offer", "answer"})
+_KINDS: Final = frozenset({"offer", "answer", "hello"})
+# A "hello" (a static-discovery probe: who answers at this address?) names no recipient
+# and carries no SDP; it opens nothing and is answered by a sealed "hello" to its sender.
+ANY_RECIPIENT: Final = "0" * 16
 _FIELDS: Final = (
     *("kind", "sender", "recipient", "mesh_id", "public_key", "timestamp_ms", "nonce", "sdp"),
     *("fingerprint", "tiers", "profile"),
@@ -276,12 +279,19 @@ def seal(message: SignalingMessage, identity: NodeIdentity, credentials: MeshCre
         raise TrustError("cannot seal: sender/public_key do not match the signing identity")
     if message.mesh_id != credentials.mesh_id:
         raise TrustError("cannot seal: mesh_id does not match the credentials")
-    if message.fingerprint not in dtls_fingerprints(message.sdp):
+    if not _fingerprint_ok(message):
         raise TrustError("cannot seal: fingerprint is not an a=fingerprint value of the SDP")
     data = _seal_unchecked(fields, identity, credentials.secret)
     if len(data) > MAX_SIGNALING_BYTES:
         raise TrustError(f"cannot seal: {len(data)} bytes exceeds {MAX_SIGNALING_BYTES}")
     return data
+
+
+def _fingerprint_ok(message: SignalingMessage) -> bool:
+    """Return whether the fingerprint is one of the SDP's (a hello has neither)."""
+    if message.kind == "hello":
+        return not message.sdp and not message.fingerprint
+    return message.fingerprint in dtls_fingerprints(message.sdp)
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -368,7 +378,7 @@ class SignalingVerifier:
             self._refuse("id-mismatch")
         if not NodeIdentity.verify(msg.public_key, _SIG_DOMAIN + body, sig):
             self._refuse("bad-signature")
-        if msg.recipient != self._self_id:
+        if msg.recipient != self._self_id and (msg.kind, msg.recipient) != ("hello", ANY_RECIPIENT):
             self._refuse("wrong-recipient")
         allowlist = self._credentials.allowlist
         if allowlist is not None and msg.public_key not in allowlist:
@@ -382,7 +392,7 @@ class SignalingVerifier:
         key = (msg.sender, msg.nonce)
         if key in self._seen or msg.timestamp_ms <= self._floor:
             self._refuse("replay")
-        if msg.fingerprint not in dtls_fingerprints(msg.sdp):
+        if not _fingerprint_ok(msg):
             self._refuse("fingerprint-mismatch")
         while len(self._seen) >= self._capacity:
             self._forget_oldest()

@@ -118,6 +118,11 @@ class Netlab:
         """Heal the partition of `host`."""
         _ip("-n", self.bridge_ns, "link", "set", host.veth, "up")
 
+    def block_multicast(self, host: Host) -> None:
+        """Stop the bridge flooding multicast (mDNS) out of `host`'s port: it hears none."""
+        _ip("-n", self.bridge_ns, "link", "set", "dev", host.veth, "type", "bridge_slave",
+            "mcast_flood", "off")  # fmt: skip
+
     def spawn(self, host: Host, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
         """Start a process in `host` that `close()` will kill if it is still running."""
         process = host.popen(argv, **kwargs)

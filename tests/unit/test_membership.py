@@ -285,14 +285,14 @@ def test_healthy_lan_never_suspects_anyone() -> None:
     assert sum(n.probes_sent for n in r.nodes.values()) >= 10 * 119
 
 
-def crash_detection_times(seed: int, config: SwimConfig) -> list[float]:
+def crash_detection_times(seed: int, config: SwimConfig, window: float = 6.0) -> list[float]:
     """Crash one node at a random time; return when each survivor marked it DEAD (from crash)."""
     r = Router(10, seed=seed, config=config)
     crash_at = 5.0 + r.rng.uniform(0, 1)
     r.run_until(crash_at)
     victim = r.rng.choice(r.ids)
     r.crashed.add(victim)
-    r.run_until(crash_at + 6.0)
+    r.run_until(crash_at + window)
     seen = {obs: at - crash_at for obs, node, at in r.changes_to(D, crash_at) if node == victim}
     assert set(seen) == set(r.ids) - {victim}
     assert all(node == victim for _, node, _ in r.changes_to(D))  # no collateral deaths
@@ -458,3 +458,13 @@ def test_add_many_is_add_for_a_burst_of_discovery() -> None:
         probed.append(ping.peer_id)
         m.on_ping_ack(ping.peer_id, PingAck(ping.message.seq, ping.peer_id), _t)
     assert sorted(probed) == ["a", "b", "c", "d"]
+
+
+def test_daemon_idle_preset_declares_a_crash_dead_within_8s() -> None:
+    # The daemon trades detection speed for idle traffic (docs/PERFORMANCE.md, "Network").
+    worst = sorted(
+        crash_detection_times(seed, SwimConfig.lan_idle(), window=10.0)[-1] for seed in range(40)
+    )
+    print("LAN idle preset, all survivors DEAD after (s):", [round(w, 2) for w in worst])
+    assert statistics.median(worst) <= 4.0
+    assert worst[-1] <= 8.0

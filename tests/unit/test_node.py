@@ -761,8 +761,12 @@ def big_l3() -> list[NewItem]:
     return [NewItem("L3", f"fact {i}", f"fact-{i}", embedding=vector(i)) for i in range(2_000)]
 
 
-def start_big_sync(items: list[NewItem]) -> tuple[Net, Node, Node]:
-    a, b = make_node("a", NodeConfig.lan(**QUIET)), make_node("b", NodeConfig.lan(**QUIET))
+ONE_BODY = {"step2_batch_bytes": 64 << 20}  # the whole diff as one (chunked) STEP2 body
+
+
+def start_big_sync(items: list[NewItem], **overrides: object) -> tuple[Net, Node, Node]:
+    settings = {**QUIET, **ONE_BODY, **overrides}
+    a, b = make_node("a", NodeConfig.lan(**settings)), make_node("b", NodeConfig.lan(**settings))
     a.memory.put_many(items, 1_000)
     net = Net(a, b)
     net.do("a", LinkUp("b"))
@@ -845,6 +849,124 @@ def test_resume_after_the_step1_guard_does_not_resend_the_whole_body(
     net.link("a", "b")
     assert b.memory.count("L3") == 2_000
     assert len(chunk_frames(net.sent_since(mark, src="a"))) < total
+
+
+SLICE = 256 << 10
+
+
+def step2_slices(sent: Iterable[Send], tier: str = "L3") -> list[tuple[Flags, bytes]]:
+    """Return each STEP2 body of `tier` sent (pieces joined) with its frame flags, in order."""
+    bodies: dict[bytes, tuple[Flags, list[bytes]]] = {}
+    for send in sent:
+        frame, message = decode_message(send.frame)
+        if isinstance(message, MemorySync) and (message.kind, message.tier) == (
+            SyncKind.STEP2,
+            tier,
+        ):
+            key = message.chunk.transfer_id if message.chunk else message.batch_id
+            bodies.setdefault(key, (frame.flags, []))[1].append(message.body)
+    return [(flags, b"".join(pieces)) for flags, pieces in bodies.values()]
+
+
+def test_big_initial_sync_goes_out_as_bounded_slices_each_applicable_alone(
+    big_l3: list[NewItem],
+) -> None:
+    net, a, b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    in_flight_max, acked, progress = 0, 0, []
+    while net.queue:
+        node_id, event = net.step()
+        if node_id == "a" and isinstance(event, FrameReceived):
+            acked += isinstance(decode_message(event.data)[1], SyncAck)
+        asked = sum(
+            1 for flags, _b in step2_slices(net.sent_since(0, src="a"))
+            if flags & Flags.REQUIRES_ACK
+        )  # fmt: skip
+        in_flight_max = max(in_flight_max, asked - acked)
+        progress.extend(b.transfers())
+    slices = step2_slices(net.sent_since(0, src="a"))
+    assert len(slices) > 4
+    assert all(len(body) <= SLICE + 4_096 for _flags, body in slices)
+    assert [bool(f & Flags.REQUIRES_ACK) for f, _b in slices] == [True] * (len(slices) - 1) + [
+        False
+    ]
+    assert 0 < in_flight_max <= a.config.step2_window
+    # Each slice, applied in order to an empty replica, integrates at once.
+    fresh = make_node("c", NodeConfig.lan(**QUIET))
+    counts = []
+    for _flags, body in slices:
+        fresh.memory.apply_remote("L3", body, 1_000)
+        assert fresh.memory.tier_doc("L3").held_updates == 0
+        counts.append(fresh.memory.count("L3"))
+    assert counts == sorted(counts) and 0 < counts[0] < counts[-2] and counts[-1] == 2_000
+    assert roots(a) == roots(b) and b.memory.count("L3") == 2_000
+    assert progress and {(p.peer_id, p.tier, p.items_total) for p in progress} == {
+        ("a", "L3", 2_000)
+    }
+    items_done = [p.items_done for p in progress]
+    assert items_done == sorted(items_done) and 0 < max(items_done) < 2_000
+    assert all(p.bytes_done <= p.bytes_total for p in progress)
+    assert b.transfers() == []
+
+
+def test_interrupted_sliced_sync_keeps_what_arrived_and_sends_only_the_rest(
+    big_l3: list[NewItem],
+) -> None:
+    net, a, b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    while b.memory.count("L3") < 600:
+        net.step()
+    net.queue.clear()
+    net.do("a", LinkDown("b"))
+    net.do("b", LinkDown("a"))
+    arrived = b.memory.count("L3")
+    assert 600 <= arrived < 2_000
+    # What arrived is persisted: a replica rebuilt from b's Persist effects holds it all.
+    rebuilt = make_node("c", NodeConfig.lan(**QUIET))
+    for effect in net.log["b"]:
+        if isinstance(effect, Persist):
+            for tier, update in effect.change.updates:
+                rebuilt.memory.apply_remote(tier, update, 1_000)
+    assert rebuilt.memory.count("L3") == arrived
+    whole = len(a.memory.tier_doc("L3").encode_diff())
+    net.now += a.config.step1_guard_s + 1.0
+    mark = len(net.sent)
+    net.link("a", "b")
+    rest = sum(len(body) for _f, body in step2_slices(net.sent_since(mark, src="a")))
+    assert 0 < rest < whole * (2_000 - arrived) / 2_000 + SLICE
+    assert b.memory.count("L3") == 2_000 and roots(a) == roots(b)
+    assert b.transfers() == []
+
+
+def test_a_digest_does_not_restart_a_sliced_sync_in_progress(big_l3: list[NewItem]) -> None:
+    net, a, b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    while b.memory.count("L3") < 300:
+        net.step()
+    roots_of_a = tuple((t, a.memory.digest(t).root()) for t in a.config.tiers)
+    effects = net.do("b", FrameReceived("a", encode_message(Digest(roots_of_a))))
+    assert syncs(effects, SyncKind.STEP1) == []
+    net.settle()
+    assert roots(a) == roots(b)
+
+
+def test_exchanges_during_a_sliced_sync_do_not_send_its_slices_again(
+    big_l3: list[NewItem],
+) -> None:
+    net, a, b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    while b.memory.count("L3") < 300:
+        net.step()
+    net.now += a.config.step1_guard_s + 1.0  # past the guard: a pull would be due
+    step1 = MemorySync(b"\x05" * 16, "b", "a", "L3", SyncKind.STEP1, b.memory.tier_doc(
+        "L3").state_vector())  # fmt: skip
+    assert syncs(net.do("a", FrameReceived("b", encode_message(step1)))) == []
+    # b's digest makes a ask b for what it lacks; b answers without pulling again.
+    roots_of_b = tuple((t, b.memory.digest(t).root()) for t in b.config.tiers)
+    asked = syncs(net.do("a", FrameReceived("b", encode_message(Digest(roots_of_b)))))
+    assert [m.kind for m in asked] == [SyncKind.STEP1]
+    answer = net.do("b", FrameReceived("a", encode_message(asked[0])))
+    assert [m.kind for m in syncs(answer)] == [SyncKind.STEP2]
+    net.settle()
+    sent = sum(len(body) for _f, body in step2_slices(net.sent_since(0, src="a")))
+    assert sent < len(a.memory.tier_doc("L3").encode_diff()) + SLICE
+    assert roots(a) == roots(b)
 
 
 def test_resume_of_an_unknown_transfer_restarts_with_step1() -> None:

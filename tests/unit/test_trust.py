@@ -311,3 +311,17 @@ def test_every_other_last_character_is_refused() -> None:
     for char in alphabet.replace(text[-1], ""):
         with pytest.raises(TokenError):
             JoinToken.decode(text[:-1] + char)
+
+
+def test_a_hello_to_anyone_verifies_but_opens_nothing_else(bob: SignalingVerifier) -> None:
+    hello = offer(kind="hello", recipient=trust.ANY_RECIPIENT, sdp="", fingerprint="")
+    assert bob.verify(seal(hello, ALICE, CREDS), NOW).kind == "hello"
+    # Only a hello may name no recipient, and a hello carries no SDP.
+    stray = offer(recipient=trust.ANY_RECIPIENT, nonce="cd" * 16)
+    assert refusal(bob, forge(stray, ALICE, SECRET)) == "wrong-recipient"
+    with_sdp = replace(hello, sdp=SDP, fingerprint=FP256, nonce="ef" * 16)
+    assert refusal(bob, forge(with_sdp, ALICE, SECRET)) == "fingerprint-mismatch"
+    # It is checked like any other signaling message: mesh, MAC, freshness, replays.
+    assert refusal(bob, seal(hello, ALICE, CREDS)) == "replay"
+    other = SignalingVerifier(MeshCredentials(OTHER_SECRET), self_id=BOB.node_id)
+    assert refusal(other, seal(replace(hello, nonce="12" * 16), ALICE, CREDS)) == "wrong-mesh"

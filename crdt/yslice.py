@@ -1,0 +1,282 @@
+"""Split one Yjs v1 update into bounded updates that apply one after another.
+
+A sync diff of a large tier is one update of tens of megabytes. `plan_slices` walks its
+structs (without decoding their values) and groups them into slices of about `max_bytes`
+each. Every slice is itself a valid v1 update: a contiguous run of structs per client, in
+an order where every struct's origins (left, right, parent) are either known to the
+receiver (its state vector) or carried by an earlier slice or the same one. Applied in
+order, each slice integrates at once and can be persisted on its own, so an interrupted
+transfer keeps what arrived and a new state-vector exchange continues from there. The
+delete set goes with the last slice, after every struct it may refer to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crdt.ywire import WireFormatError, read_var_uint
+
+_EMPTY_DELETE_SET = b"\x00"
+# Content refs (the low 5 bits of a struct's info byte).
+_GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
+_XML_ELEMENT, _XML_HOOK = 3, 5  # type refs that carry a name
+_ANY_STRING = 119
+_Deps = tuple[tuple[int, int], ...]  # (client, clock) of origins in other clients
+
+
+@dataclass(frozen=True, slots=True)
+class _Struct:
+    """Where one struct's bytes are, its clock span and its cross-client origins."""
+
+    start: int
+    end: int
+    clock: int
+    length: int
+    deps: _Deps
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    client: int
+    structs: tuple[_Struct, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePlan:
+    """The slices of one update; `slice(i)` builds the i-th update on demand."""
+
+    update: bytes
+    parts: tuple[tuple[tuple[int, int, int], ...], ...]  # per slice: (group, first, stop)
+    groups: tuple[_Group, ...]
+    delete_set: bytes
+
+    def __len__(self) -> int:
+        """Return the number of slices (at least one)."""
+        return len(self.parts)
+
+    def slice(self, index: int) -> bytes:
+        """Return slice `index` as a v1 update (the last one carries the delete set)."""
+        runs = self.parts[index]
+        out = bytearray(_var_uint(len(runs)))
+        for group_index, first, stop in runs:
+            group = self.groups[group_index]
+            head, last = group.structs[first], group.structs[stop - 1]
+            out += _var_uint(stop - first) + _var_uint(group.client) + _var_uint(head.clock)
+            out += self.update[head.start : last.end]
+        out += self.delete_set if index == len(self.parts) - 1 else _EMPTY_DELETE_SET
+        return bytes(out)
+
+    def slice_bytes(self, index: int) -> int:
+        """Return the struct bytes of slice `index` (its size, give or take a few headers)."""
+        return sum(
+            self.groups[g].structs[stop - 1].end - self.groups[g].structs[first].start
+            for g, first, stop in self.parts[index]
+        )
+
+
+def plan_slices(update: bytes, max_bytes: int, known: dict[int, int] | None = None) -> SlicePlan:
+    """Plan slices of about `max_bytes` of `update` for a receiver at state vector `known`.
+
+    A single struct larger than `max_bytes` gets a slice of its own. Raises WireFormatError
+    when `update` is not a well-formed v1 update.
+    """
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    groups, pos = _read_groups(update)
+    frontier = dict(known or {})
+    cursors = [0] * len(groups)
+    parts: list[tuple[tuple[int, int, int], ...]] = []
+    current: dict[int, list[int]] = {}  # group -> [first, stop]
+    size = 0
+    remaining = sum(len(g.structs) for g in groups)
+    while remaining:
+        moved = False
+        for gi, group in enumerate(groups):
+            structs = group.structs
+            cursor = cursors[gi]
+            while cursor < len(structs):
+                struct = structs[cursor]
+                if any(clock >= frontier.get(client, 0) for client, clock in struct.deps):
+                    break
+                run = current.get(gi)
+                if run is None:
+                    current[gi] = [cursor, cursor + 1]
+                else:
+                    run[1] = cursor + 1
+                size += struct.end - struct.start
+                frontier[group.client] = struct.clock + struct.length
+                cursor += 1
+                remaining -= 1
+                moved = True
+                if size >= max_bytes:
+                    parts.append(tuple((g, r[0], r[1]) for g, r in current.items()))
+                    current, size = {}, 0
+            cursors[gi] = cursor
+        if not moved:
+            # Origins neither side has (a malformed or partial diff): send the rest as one
+            # update and let the receiver's Yjs hold what it cannot integrate yet.
+            for gi, group in enumerate(groups):
+                if cursors[gi] < len(group.structs):
+                    run = current.setdefault(gi, [cursors[gi], cursors[gi]])
+                    run[1] = len(group.structs)
+            remaining = 0
+    if current or not parts:
+        parts.append(tuple((g, r[0], r[1]) for g, r in current.items()))
+    return SlicePlan(update, tuple(parts), tuple(groups), update[pos:])
+
+
+def _read_groups(data: bytes) -> tuple[list[_Group], int]:
+    count, pos = read_var_uint(data, 0)
+    groups = []
+    for _ in range(count):
+        n_structs, pos = read_var_uint(data, pos)
+        client, pos = read_var_uint(data, pos)
+        clock, pos = read_var_uint(data, pos)
+        structs = []
+        for _ in range(n_structs):
+            start = pos
+            length, deps, pos = _read_struct(data, pos, client)
+            structs.append(_Struct(start, pos, clock, length, deps))
+            clock += length
+        if structs:
+            groups.append(_Group(client, tuple(structs)))
+    return groups, pos
+
+
+def _read_struct(data: bytes, pos: int, client: int) -> tuple[int, _Deps, int]:
+    """Return (clock length, cross-client origins, next position) of the struct at `pos`."""
+    if pos >= len(data):
+        raise WireFormatError("truncated struct")
+    info = data[pos]
+    pos += 1
+    ref = info & 0x1F
+    if ref in (_GC, _SKIP):
+        length, pos = read_var_uint(data, pos)
+        return length, (), pos
+    deps: _Deps = ()
+    if info & 0x80:
+        origin_client, pos = read_var_uint(data, pos)
+        origin_clock, pos = read_var_uint(data, pos)
+        if origin_client != client:
+            deps = ((origin_client, origin_clock),)
+    if info & 0x40:
+        right_client, pos = read_var_uint(data, pos)
+        right_clock, pos = read_var_uint(data, pos)
+        if right_client != client:
+            deps = (*deps, (right_client, right_clock))
+    if not info & 0xC0:
+        named, pos = read_var_uint(data, pos)
+        if named == 1:
+            pos = _skip_string(data, pos)
+        else:
+            parent_client, pos = read_var_uint(data, pos)
+            parent_clock, pos = read_var_uint(data, pos)
+            if parent_client != client:
+                deps = (*deps, (parent_client, parent_clock))
+        if info & 0x20:
+            pos = _skip_string(data, pos)
+    if ref == _ANY and pos + 1 < len(data) and data[pos] == 1 and data[pos + 1] == _ANY_STRING:
+        # One string value: how a map entry set from Python is stored (the common case).
+        return 1, deps, _skip_string(data, pos + 2)
+    length, pos = _read_content(data, pos, ref)
+    return length, deps, pos
+
+
+def _read_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
+    """Return (clock length, next position) of an item's content."""
+    if ref == _DELETED:
+        return read_var_uint(data, pos)
+    if ref == _JSON:
+        count, pos = read_var_uint(data, pos)
+        for _ in range(count):
+            pos = _skip_string(data, pos)
+        return count, pos
+    if ref == _BINARY:
+        return 1, _skip_string(data, pos)
+    if ref == _STRING:
+        size, start = read_var_uint(data, pos)
+        end = _checked_end(data, start, size)
+        try:
+            text = data[start:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireFormatError(f"bad string content: {exc}") from None
+        return len(text.encode("utf-16-le")) // 2, end
+    if ref == _EMBED:
+        return 1, _skip_string(data, pos)
+    if ref == _FORMAT:
+        return 1, _skip_string(data, _skip_string(data, pos))
+    if ref == _TYPE:
+        type_ref, pos = read_var_uint(data, pos)
+        if type_ref in (_XML_ELEMENT, _XML_HOOK):
+            pos = _skip_string(data, pos)
+        return 1, pos
+    if ref == _ANY:
+        count, pos = read_var_uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, pos)
+        return count, pos
+    if ref == _DOC:
+        return 1, _skip_any(data, _skip_string(data, pos))
+    raise WireFormatError(f"unknown content ref {ref}")
+
+
+def _skip_any(data: bytes, pos: int) -> int:
+    """Return the position after one lib0 `any` value."""
+    if pos >= len(data):
+        raise WireFormatError("truncated value")
+    tag = data[pos]
+    pos += 1
+    if tag in (127, 126, 121, 120):  # undefined, null, false, true
+        return pos
+    if tag == 125:  # signed varint
+        while True:
+            if pos >= len(data):
+                raise WireFormatError("truncated varint")
+            pos += 1
+            if data[pos - 1] < 0x80:
+                return pos
+    if tag == 124:
+        return _checked_end(data, pos, 4)
+    if tag in (123, 122):
+        return _checked_end(data, pos, 8)
+    if tag in (_ANY_STRING, 116):  # string, bytes
+        return _skip_string(data, pos)
+    if tag == 118:  # object
+        count, pos = read_var_uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, _skip_string(data, pos))
+        return pos
+    if tag == 117:  # array
+        count, pos = read_var_uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, pos)
+        return pos
+    raise WireFormatError(f"unknown value tag {tag}")
+
+
+def _skip_string(data: bytes, pos: int) -> int:
+    size = data[pos] if pos < len(data) else 0x80
+    if size < 0x80:
+        end = pos + 1 + size
+    else:
+        size, pos = read_var_uint(data, pos)
+        end = pos + size
+    if end > len(data):
+        raise WireFormatError("truncated update")
+    return end
+
+
+def _checked_end(data: bytes, pos: int, size: int) -> int:
+    end = pos + size
+    if end > len(data):
+        raise WireFormatError("truncated update")
+    return end
+
+
+def _var_uint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

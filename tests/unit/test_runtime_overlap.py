@@ -1,0 +1,88 @@
+"""The runtime overlaps urgent sends with their commit only where that is safe."""
+
+from __future__ import annotations
+
+import asyncio
+
+from crdt.memory import Change
+from mesh.effects import Effect, Persist, Send, WriteAcked
+from mesh.frames import Priority
+from mesh.runtime import NodeRuntime
+
+
+class SlowCommitter:
+    """Commits only when the test releases it; records what happened in `log`."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.release = asyncio.Event()
+
+    async def commit(self, change: Change) -> None:
+        self.log.append("commit started")
+        await self.release.wait()
+        self.log.append("committed")
+
+
+class Recorder:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def send(self, peer_id: str, frame: bytes, *, urgent: bool = False) -> bool:
+        self.log.append(f"send {frame.decode()}")
+        return True
+
+
+def run(effects: list[Effect]) -> list[str]:
+    """Run one effect list; release the commit once the loop is idle; return the log."""
+    log: list[str] = []
+
+    async def main() -> None:
+        committer = SlowCommitter(log)
+        runtime = NodeRuntime(None, committer, Recorder(log))  # type: ignore[arg-type]
+        _request, acked = runtime.new_request_id()
+        acked.add_done_callback(lambda _f: log.append("acked"))
+        task = asyncio.create_task(runtime._run(effects))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        log.append("disk done")
+        committer.release.set()
+        await task
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    return log
+
+
+def write(ceiling: int | None, priority: Priority) -> list[Effect]:
+    change = Change(updates=(("L1", b"update"),), ceiling_ms=ceiling)
+    return [
+        Persist(change),
+        WriteAcked(1, ()),
+        Send("peer", b"update", priority),
+        Persist(Change(updates=(("L1", b"later"),))),
+        Send("peer", b"later", priority),
+    ]
+
+
+def test_an_urgent_send_goes_out_during_its_commit_but_the_ack_waits() -> None:
+    log = run(write(None, Priority.CRITICAL))
+    assert log.index("send update") < log.index("disk done") < log.index("acked")
+    assert log.index("committed") < log.index("acked")
+    # A Send after a later Persist still waits for the first commit.
+    assert log.index("send later") > log.index("committed")
+
+
+def test_a_change_with_a_new_clock_ceiling_is_committed_before_it_is_sent() -> None:
+    log = run(write(1_000, Priority.CRITICAL))
+    assert log.index("committed") < log.index("send update")
+
+
+def test_normal_sends_wait_for_the_commit() -> None:
+    log = run(write(None, Priority.NORMAL))
+    assert log.index("committed") < log.index("send update")
+    assert log.count("send update") == 1
+
+
+def test_each_urgent_frame_is_sent_once() -> None:
+    log = run(write(None, Priority.EMERGENCY))
+    assert log.count("send update") == 1 and log.count("send later") == 1
