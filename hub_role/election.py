@@ -151,12 +151,15 @@ class Election:
                 return self._reject("stale_term")
         self._known_term = max(self._known_term, claim.term)
         if hub is not None and claim.node_id == hub.id:
-            if claim.term > hub.term or claim.score != hub.score:
+            news = claim.term > hub.term or claim.score != hub.score
+            if news:
                 self._hub = HubInfo(hub.id, claim.term, claim.score, hub.since)
                 self.changes += claim.term > hub.term
             self._heard_at = now
             self._hub_seq = max(self._hub_seq, claim.seq) if claim.term == hub.term else claim.seq
-            return ClaimOutcome(True, True)
+            # A plain heartbeat is not forwarded: the hub sends it to each of its links, and
+            # every node links to the hub. Flooding it cost ~2.6 KB/s per node at N=10.
+            return ClaimOutcome(True, news)
         mine = (self.score, self.node_id)
         theirs = (claim.score, claim.node_id)
         if hub is not None and claim.term == hub.term and (hub.score, hub.id) >= theirs:
@@ -173,6 +176,11 @@ class Election:
         self._adopt(HubInfo(claim.node_id, claim.term, claim.score, now), now)
         self._hub_seq = claim.seq
         return ClaimOutcome(True, True)
+
+    def vouch(self, now: float) -> None:
+        """The hub is known alive by other means (SWIM), though its heartbeats do not reach us."""
+        if self._hub is not None and not self.is_hub:
+            self._heard_at = now
 
     def on_member_dead(self, node_id: str, now: float, alive: Sequence[str]) -> None:
         """SWIM declared `node_id` dead or gone: if it was our hub, the hub is lost."""

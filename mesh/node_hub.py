@@ -246,6 +246,11 @@ class HubRole:
     def _hub_tick(self) -> list[Effect]:
         router = self._hub_router()
         alive = [p for p in self.membership.alive() if p != self.node_id]
+        hub = router.hub
+        if hub is not None and hub.id not in self._links and self.membership.is_live(hub.id):
+            # Heartbeats travel only over links to the hub; until we have one, SWIM's view
+            # of the hub (gossiped by the others) stands in for them.
+            router.election.vouch(self._now)
         effects = self._flood_claims(router.election.tick(self._now, alive))
         for pending in router.take_unacked(self._now):
             effects.extend(self._reflood(pending))

@@ -231,8 +231,9 @@ def test_leases_are_exclusive_and_fencing_tokens_grow_across_failover() -> None:
     refused = world.lease_answers[second]
     assert not refused.granted and refused.holder == "n001" and refused.ttl_s > 9.0
     world.release("n001", "printer", grant.token)
+    world.run_until(3.25)  # the release reaches the hub first (they would race otherwise)
     third = world.lease("n002", "printer", 10.0)
-    world.run_until(3.3)
+    world.run_until(3.35)
     after_release = world.lease_answers[third]
     assert after_release.granted and after_release.token > grant.token
     world.crash(hub)
