@@ -22,6 +22,7 @@ from mesh.effects import (
     Disconnect,
     Effect,
     Emit,
+    LeaseAnswered,
     Log,
     Persist,
     QueryAnswered,
@@ -104,11 +105,14 @@ class NodeRuntime:
         await self.close()
 
     async def start(self) -> None:
-        """Start the executor and the timer."""
+        """Start the executor and the timer; a first Tick starts the Node's own timers."""
         self._tasks = [
             asyncio.create_task(self._execute(), name="memmesh-effects"),
             asyncio.create_task(self._timer(), name="memmesh-timer"),
         ]
+        # Without it a node that never hears from a peer would never set a timer (and a
+        # lone node would never claim the hub role).
+        self.submit(Tick())
 
     async def close(self) -> None:
         """Run queued effects, then stop; pending writes fail with WriteError."""
@@ -129,6 +133,14 @@ class NodeRuntime:
             if not future.done():
                 future.set_exception(WriteError("node stopped", applied=True))
 
+    def now(self) -> float:
+        """Return the clock the Node is driven with (Unix seconds unless a test injects one)."""
+        return float(self._clock())
+
+    def wall_time(self, node_time: float) -> float:
+        """Return the Unix time of `node_time`, a reading of the Node's clock."""
+        return time.time() - (self.now() - node_time)
+
     # ----------------------------------------------------------------- inputs
 
     def submit(self, event: Input) -> None:
@@ -141,7 +153,7 @@ class NodeRuntime:
         self._wake.set()
 
     def new_request_id(self) -> tuple[int, asyncio.Future[Any]]:
-        """Return a request id and the future its WriteAcked/QueryAnswered resolves."""
+        """Return a request id and the future its answer (WriteAcked, LeaseAnswered...) resolves."""
         request_id = self._next_request
         self._next_request += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -216,7 +228,7 @@ class NodeRuntime:
                 self._resolve(effect.request_id, effect)
             elif isinstance(effect, WriteFailed):
                 self._reject(effect.request_id, WriteError(effect.reason, applied=effect.applied))
-            elif isinstance(effect, QueryAnswered):
+            elif isinstance(effect, QueryAnswered | LeaseAnswered):
                 self._resolve(effect.request_id, effect)
             elif isinstance(effect, Connect):
                 self._start_connect(effect.peer_id)
