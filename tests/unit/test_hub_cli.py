@@ -15,6 +15,7 @@ from hub_role.stats import MeshStats
 from mesh.api import Mesh
 from mesh.cli import main
 from mesh.config import NodeConfig
+from mesh.daemon import Daemon, DaemonOptions
 from mesh.hub_cli import METRICS, format_stats, metrics_lines, stats_json
 from mesh.leases import LeaseError
 from mesh.messages import StatsReport, TierStats
@@ -148,4 +149,10 @@ async def test_lease_through_a_running_node_is_granted_fenced_and_renewed(
                 assert renewed.token > first.token
             with pytest.raises(LeaseError, match="bad lease name or ttl"):
                 await mesh.lease("job", 0.0)
+            # The daemon's whole metrics page parses, with the memshadow_* families typed.
+            daemon = Daemon(DaemonOptions(tmp_path / "n"))
+            daemon.mesh, daemon.runtime = mesh, runtime
+            families = parse_exposition(daemon.metrics_text())
+            assert set(METRICS) <= set(families) and "memmesh_frames_out_total" in families
+            assert families["memmesh_is_hub"] == [({}, 1.0)]
             mesh.attach(None)
