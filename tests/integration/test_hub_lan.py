@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from mesh.control import ControlError
+
 try:
     from tests.integration import lan
 except ModuleNotFoundError:  # tests/ is not a package: import lan.py from its folder
@@ -113,6 +115,15 @@ def test_five_daemons_elect_one_hub_and_fail_over_within_3s(cluster: lan.Cluster
         return {r["node_id"] for r in got["nodes"]} == everyone
 
     lan.wait_for("memmesh stats to list all 5 nodes", listed, STATS_S)
+
+    def listed_everywhere() -> bool:  # the same through every node's control socket
+        try:
+            views = [n.call("stats") for n in nodes]
+        except ControlError:
+            return False
+        return all({r["node_id"] for r in v["nodes"]} == everyone for v in views)
+
+    lan.wait_for("every node's stats to list all 5 nodes", listed_everywhere, STATS_S)
     table = stats(asker)
     assert table["hub_id"] == hub["id"] and table["term"] == hub["term"]
     assert table["totals"]["nodes"] == 5
