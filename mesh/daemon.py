@@ -34,6 +34,8 @@ from mesh.webrtc import WebRtcTransport
 
 log = logging.getLogger("memmesh.daemon")
 
+DISCOVERY_GRACE_S = 2.0  # the node's timers start by then even if no peer was found
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonOptions:
@@ -132,6 +134,10 @@ class Daemon:
                 )
                 self.discovery = discovery
                 async with discovery, ControlServer(options.data_dir, self.handle):
+                    # Start the node's timers (hub election included) once discovery had a
+                    # chance to find the mesh: a node whose boot wait ran out before it saw
+                    # its peers would claim the hub role and could unseat a healthy hub.
+                    first_tick = loop.call_later(DISCOVERY_GRACE_S, runtime.tick)
                     metrics = await self._start_metrics()
                     log.info(
                         "node %s up: mesh %s, profile %s, signaling port %d",
@@ -142,6 +148,7 @@ class Daemon:
                     )
                     await self._stop.wait()
                     log.info("shutting down: flushing")
+                    first_tick.cancel()
                     if metrics is not None:
                         metrics.close()
                 mesh.attach(None)

@@ -105,13 +105,18 @@ class NodeRuntime:
         await self.close()
 
     async def start(self) -> None:
-        """Start the executor and the timer; a first Tick starts the Node's own timers."""
+        """Start the executor and the timer."""
         self._tasks = [
             asyncio.create_task(self._execute(), name="memmesh-effects"),
             asyncio.create_task(self._timer(), name="memmesh-timer"),
         ]
-        # Without it a node that never hears from a peer would never set a timer (and a
-        # lone node would never claim the hub role).
+
+    def tick(self) -> None:
+        """Hand the node a Tick now: its timers start with its first input.
+
+        A node that never hears from a peer gets no other input, so the daemon ticks it
+        once after a discovery grace period (a lone node then claims the hub role).
+        """
         self.submit(Tick())
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ Measured numbers are printed (run with `-s`).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from mesh.control import ControlError
+from mesh.identity import NodeIdentity
 
 try:
     from tests.integration import lan
@@ -187,4 +189,27 @@ def test_lease_is_exclusive_and_fenced(cluster: lan.Cluster) -> None:
         return True
 
     lan.wait_for("the released lease to be granted to another node", granted_to_b, 10.0)
+    cluster.stop_all()
+
+
+def test_a_higher_ranked_newcomer_does_not_unseat_a_healthy_hub(cluster: lan.Cluster) -> None:
+    nodes = cluster.mesh(4)
+    cluster.wait_linked(nodes, LINK_S)
+    hub = wait_agreed(nodes, AGREE_S)
+    by_id = {n.node_id: n for n in nodes}
+    since = by_id[hub["id"]].status()["hub"]["since"]
+
+    # Same profile (same score): the newcomer's id sorts above the hub's, so it would win
+    # an election; stickiness says it must follow the healthy hub instead.
+    newcomer = cluster.add()
+    while NodeIdentity.load_or_create(newcomer.data_dir).node_id <= hub["id"]:
+        shutil.rmtree(newcomer.data_dir)
+    newcomer.init(nodes[0].token())
+    newcomer.start()
+    newcomer.wait_up()
+    everyone = [*nodes, newcomer]
+    cluster.wait_linked(everyone, LINK_S)
+    after = wait_agreed(everyone, AGREE_S)
+    assert (after["id"], after["term"]) == (hub["id"], hub["term"])
+    assert by_id[hub["id"]].status()["hub"]["since"] == since  # never stepped down
     cluster.stop_all()

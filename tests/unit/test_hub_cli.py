@@ -139,6 +139,7 @@ async def test_lease_through_a_running_node_is_granted_fenced_and_renewed(
         node = Node(mesh.memory, NodeConfig(), random.Random(1), signer=signer)
         async with NodeRuntime(node, mesh._running(), NullTransport()) as runtime:
             mesh.attach(runtime)
+            runtime.tick()  # what the daemon does after its discovery grace period
             async with asyncio.timeout(10):
                 while not node.is_hub:  # a lone eligible node claims after its boot wait
                     await asyncio.sleep(0.05)
