@@ -139,6 +139,10 @@ async def test_lease_through_a_running_node_is_granted_fenced_and_renewed(
         node = Node(mesh.memory, NodeConfig(), random.Random(1), signer=signer)
         async with NodeRuntime(node, mesh._running(), NullTransport()) as runtime:
             mesh.attach(runtime)
+            daemon = Daemon(DaemonOptions(tmp_path / "n"))
+            daemon.mesh, daemon.runtime = mesh, runtime
+            with pytest.raises(ValueError, match=r"^no mesh statistics yet: the hub publishes"):
+                await daemon.handle({"op": "stats"})  # the CLI prints this as one line
             runtime.tick()  # what the daemon does after its discovery grace period
             async with asyncio.timeout(10):
                 while not node.is_hub:  # a lone eligible node claims after its boot wait
@@ -151,8 +155,6 @@ async def test_lease_through_a_running_node_is_granted_fenced_and_renewed(
             with pytest.raises(LeaseError, match="bad lease name or ttl"):
                 await mesh.lease("job", 0.0)
             # The daemon's whole metrics page parses, with the memshadow_* families typed.
-            daemon = Daemon(DaemonOptions(tmp_path / "n"))
-            daemon.mesh, daemon.runtime = mesh, runtime
             families = parse_exposition(daemon.metrics_text())
             assert set(METRICS) <= set(families) and "memmesh_frames_out_total" in families
             assert families["memmesh_is_hub"] == [({}, 1.0)]
