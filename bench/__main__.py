@@ -22,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "local": "bench.local",
     "sim": "bench.sim",
     "net": "bench.net",
+    "hub": "bench.hub",
 }
 
 

@@ -29,6 +29,8 @@ from mesh.effects import WriteAcked
 from mesh.frames import Priority
 from mesh.identity import NodeIdentity
 from mesh.inputs import AckLevel, WriteRequested
+from mesh.leases import LeaseRequest
+from mesh.leases import release as release_lease
 from mesh.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -332,6 +334,20 @@ class Mesh:
         runtime.submit(WriteRequested(request_id, **fields))
         result: WriteAcked = await future
         return result
+
+    def lease(self, name: str, ttl_s: float, *, timeout_s: float = 5.0) -> LeaseRequest:
+        """Ask the hub for the advisory lease `name` (await it, or `async with` it).
+
+        Returns a `Lease` (token, term, holder, expires_at); raises `LeaseError` when
+        another node holds it, there is no hub, or no answer comes within `timeout_s`.
+        Advisory: see `mesh.leases` for what the fencing token does and does not guarantee.
+        """
+        return LeaseRequest(self._runtime, name, ttl_s, timeout_s)
+
+    def release(self, name: str, token: int) -> None:
+        """Give up the lease `name` held under `token` (no-op without a daemon)."""
+        if self._runtime is not None:
+            release_lease(self._runtime, name, token)
 
     async def apply_update(self, tier: str, update: bytes) -> int:
         """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""

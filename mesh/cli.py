@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from crdt.item import MemoryItem
 from mesh.api import Mesh
 from mesh.cli_net import add_network_commands, via_daemon
 from mesh.frames import Priority
+from mesh.hub_cli import add_hub_commands
 from mesh.identity import IdentityError
 from mesh.inputs import AckLevel
 from mesh.store import StoreError
 
 EXIT_ERROR = 1
-NETWORK_COMMANDS = frozenset({"init", "token", "run", "peers", "demo"})
+NETWORK_COMMANDS = frozenset({"init", "token", "run", "peers", "demo", "stats", "lease", "release"})
 
 
 class CliError(Exception):
@@ -202,7 +204,7 @@ async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
     if "mesh_id" in status:
         print(
             f"  mesh {status['mesh_id']}  profile {status['profile']}  "
-            f"peers {status['peers']}  hub {status['hub'] or '-'}",
+            f"peers {status['peers']}  hub {_hub_text(status.get('hub'))}",
             file=args.out,
         )
         for transfer in status.get("transfers", []):
@@ -215,6 +217,13 @@ async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
                 f"[{bar:<30}] {items}/{items_total} items, {done}/~{total} bytes",
                 file=args.out,
             )
+
+
+def _hub_text(hub: dict[str, Any] | None) -> str:
+    if not hub:
+        return "- (none elected yet)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hub["since"]))
+    return f"{hub['id']} (term {hub['term']}, since {since})"
 
 
 async def cmd_compact(mesh: Mesh, args: argparse.Namespace) -> None:
@@ -313,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("compact", cmd_compact, "fold update logs into snapshots")
 
     add_network_commands(sub, command)
+    add_hub_commands(sub, command)
 
     # Everything after `sim` (options included) goes to the simulator's own parser.
     p = sub.add_parser(
@@ -333,6 +343,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Return the exceptions reported as one-line errors (never a traceback)."""
     from mesh.control import ControlError
     from mesh.joining import SetupError
+    from mesh.leases import LeaseError
     from mesh.runtime import WriteError
     from mesh.trust import TrustError
 
@@ -347,6 +358,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         SetupError,
         WriteError,
         TrustError,
+        LeaseError,
     )
 
 

@@ -128,8 +128,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     for row in rows:
         rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.1f} ms"
         synced = ", ".join(sorted(row["last_sync"])) or "-"
+        mark = " (hub)" if row.get("hub") else ""
         print(
-            f"{row['id']}  {row['state']:<10} {row['member']:<7} {row['address']:<21} "
+            f"{row['id']}{mark}  {row['state']:<10} {row['member']:<7} {row['address']:<21} "
             f"rtt {rtt:<9} in {row['bytes_in']:>9} B  out {row['bytes_out']:>9} B  "
             f"synced {synced}"
         )

@@ -26,7 +26,9 @@ from hub_role.signing import Ed25519Signer
 from mesh.api import Mesh
 from mesh.cli_net import run_in_daemon
 from mesh.control import ControlServer
+from mesh.hub_cli import metrics_lines, stats_json
 from mesh.joining import MeshSetup, load_setup
+from mesh.leases import LeaseError, acquire, release
 from mesh.node import Node
 from mesh.profiles import Profile, detect, node_config
 from mesh.runtime import NodeRuntime
@@ -34,6 +36,7 @@ from mesh.webrtc import WebRtcTransport
 
 log = logging.getLogger("memmesh.daemon")
 STATIC_PROBE_S = 5.0  # bootstrap addresses are probed this often (found peers are linked)
+DISCOVERY_GRACE_S = 2.0  # the node's timers start by then even if no peer was found
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,10 @@ class Daemon:
                     static or contextlib.nullcontext(),
                     ControlServer(options.data_dir, self.handle),
                 ):
+                    # Start the node's timers (hub election included) once discovery had a
+                    # chance to find the mesh: a node whose boot wait ran out before it saw
+                    # its peers would claim the hub role and could unseat a healthy hub.
+                    first_tick = loop.call_later(DISCOVERY_GRACE_S, runtime.tick)
                     metrics = await self._start_metrics()
                     log.info(
                         "node %s up: mesh %s, profile %s, signaling port %d",
@@ -151,6 +158,7 @@ class Daemon:
                     )
                     await self._stop.wait()
                     log.info("shutting down: flushing")
+                    first_tick.cancel()
                     if metrics is not None:
                         metrics.close()
                 mesh.attach(None)
@@ -210,6 +218,8 @@ class Daemon:
             return self.status()
         if op == "peers":
             return self.peers()
+        if op in ("stats", "lease", "release"):
+            return await self._hub_op(op, request)
         raise ValueError(f"unknown control op {op!r}")
 
     def status(self) -> dict[str, Any]:
@@ -223,7 +233,8 @@ class Daemon:
             replicated_tiers=list(runtime.node.config.tiers),
             peers=len(runtime.node.links),
             members=len(runtime.node.membership.alive()),
-            hub=None,
+            hub=self.hub_status(),
+            is_hub=runtime.node.is_hub,
             uptime_s=round(time.time() - self.started_at, 1),
             bad_frames=runtime.node.counters.bad_frames,
             transfers=[
@@ -240,12 +251,51 @@ class Daemon:
         )
         return status
 
+    def hub_status(self) -> dict[str, Any] | None:
+        """Return `{"id", "term", "since"}` of the hub this node follows (`since`: Unix time)."""
+        runtime = self.runtime
+        assert runtime is not None
+        hub = runtime.node.hub
+        if hub is None:
+            return None
+        return {"id": hub.id, "term": hub.term, "since": round(runtime.wall_time(hub.since), 3)}
+
+    async def _hub_op(self, op: str, request: dict[str, Any]) -> Any:
+        """Serve `stats` (the hub's latest publish), `lease` and `release`."""
+        runtime = self.runtime
+        assert runtime is not None
+        if op == "stats":
+            view = runtime.node.mesh_stats()
+            if view is None:
+                raise ValueError(
+                    "no mesh statistics yet: the hub publishes them every "
+                    f"{runtime.node.config.hub.stats_interval_s:g} s once one is elected"
+                )
+            return stats_json(view, runtime.wall_time)
+        name = request.get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"{op} request needs name: a string")
+        if op == "release":
+            release(runtime, name, int(request.get("token", 0)))
+            return None
+        try:
+            lease = await acquire(
+                runtime,
+                name,
+                float(request.get("ttl_s", 0.0)),
+                float(request.get("timeout_s", 5.0)),
+            )
+        except LeaseError as exc:
+            raise ValueError(str(exc)) from None
+        return lease.to_json()
+
     def peers(self) -> list[dict[str, Any]]:
         """Return every known peer (the `memmesh peers --json` contract)."""
         runtime, transport = self.runtime, self.transport
         assert runtime is not None and transport is not None
         links = transport.links()
         rows = []
+        hub = runtime.node.hub
         members = runtime.node.membership.members()
         for peer_id in sorted(set(members) | set(links) | set(runtime.addresses)):
             if peer_id == runtime.node.node_id:
@@ -260,6 +310,7 @@ class Daemon:
                     or (f"{where.address}:{where.port}" if where else ""),
                     "state": getattr(link, "state", "closed") if link else "closed",
                     "member": member.state.name.lower() if member else "unknown",
+                    "hub": hub is not None and hub.id == peer_id,
                     "rtt_ms": getattr(link, "rtt_ms", None) if link else None,
                     "bytes_in": getattr(link, "bytes_in", 0) if link else 0,
                     "bytes_out": getattr(link, "bytes_out", 0) if link else 0,
@@ -305,10 +356,12 @@ class Daemon:
             f"memmesh_bytes_in_total {counters.bytes_in}",
             f"memmesh_bad_frames_total {counters.bad_frames}",
             f"memmesh_peers {len(runtime.node.links)}",
-            f"memshadow_conflicts_total {mesh.memory.stats.conflicts_detected}",
+            f"memmesh_conflicts_detected_total {mesh.memory.stats.conflicts_detected}",
+            f"memmesh_is_hub {int(runtime.node.is_hub)}",
         ]
         for tier in mesh.memory.tiers:
             lines.append(f'memmesh_items{{tier="{tier}"}} {mesh.memory.count(tier)}')
+        lines += metrics_lines(runtime.node.mesh_stats())
         return "\n".join(lines) + "\n"
 
 

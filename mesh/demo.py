@@ -2,7 +2,8 @@
 
 Each node is a separate `memmesh run` process with its own data directory. They discover
 each other over mDNS, prove they belong to the same mesh, connect over WebRTC data
-channels and replicate memories; then the demo stops them cleanly.
+channels, elect a hub and replicate memories; the hub is stopped, the two others elect a
+new one and go on replicating; then the demo stops them cleanly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ def _cli(data_dir: Path, *argv: str) -> dict[str, Any]:
 def _has(data_dir: Path, item_id: str) -> bool:
     reply = call(data_dir, "cli", argv=["get", "--data-dir", str(data_dir), item_id, "--json"])
     return reply.get("error") is None
+
+
+def _wait_hub(dirs: dict[str, Path], names: Sequence[str], old: str | None) -> dict[str, Any]:
+    """Wait until every node of `names` follows the same hub, other than `old`; return it."""
+    found: list[dict[str, Any]] = []
+
+    def agreed() -> bool:
+        hubs = [call(dirs[n], "status")["hub"] for n in names]
+        first = hubs[0]
+        if first is None or first["id"] == old:
+            return False
+        if any(h is None or (h["id"], h["term"]) != (first["id"], first["term"]) for h in hubs):
+            return False
+        found.append(first)
+        return True
+
+    _wait("the nodes to agree on a hub", agreed, 20)
+    return found[-1]
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -110,7 +129,12 @@ def run_demo(*, keep: bool = False) -> int:
                 rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']:.1f} ms"
                 print(f"    {name:<6} -> {peer['id']} {peer['state']} rtt {rtt}")
 
-        print("\n== 4. Write memories on the laptop; watch them arrive")
+        print("\n== 4. The nodes elect a hub (it relays routine traffic and gathers stats)")
+        hub = _wait_hub(dirs, NAMES, None)
+        names = {call(dirs[n], "status")["node_id"]: n for n in NAMES}
+        print(f"  every node follows {names[hub['id']]} ({hub['id']}), term {hub['term']}")
+
+        print("\n== 5. Write memories on the laptop; watch them arrive")
         memories = [
             ("L1", "pref-tea", "the user prefers green tea in the afternoon"),
             ("L2", "ep-review", "design review on tuesday approved the sync plan"),
@@ -126,7 +150,7 @@ def run_demo(*, keep: bool = False) -> int:
                 f"{(time.monotonic() - started) * 1000:.0f} ms: {content!r}"
             )
 
-        print("\n== 5. A CRITICAL write from the phone goes peer to peer at once")
+        print("\n== 6. A CRITICAL write from the phone goes peer to peer at once")
         started = time.monotonic()
         _cli(
             dirs["phone"],
@@ -145,14 +169,42 @@ def run_demo(*, keep: bool = False) -> int:
         _wait("alert on server", lambda: _has(dirs["server"], "alert-battery"), 20)
         print(f"  acknowledged by every node after {(time.monotonic() - started) * 1000:.0f} ms")
 
-        print("\n== 6. Every node holds the same memory")
+        print("\n== 7. Every node holds the same memory")
         for name in NAMES:
             status = call(dirs[name], "status")
             counts = ", ".join(f"{t}={v['items']}" for t, v in status["tiers"].items())
             digest = status["tiers"]["L1"]["digest"][:12]
             print(f"  {name:<6} {counts}  L1 digest {digest}")
+
+        old_hub = names[hub["id"]]
+        print(f"\n== 8. Failover: stop the hub ({old_hub}); the others elect a new one")
+        started = time.monotonic()
+        processes[old_hub].send_signal(signal.SIGTERM)
+        processes[old_hub].wait(timeout=20)
+        rest = [n for n in NAMES if n != old_hub]
+        new_hub = _wait_hub(dirs, rest, hub["id"])
+        print(
+            f"  new hub {names[new_hub['id']]}, term {new_hub['term']}, "
+            f"{time.monotonic() - started:.1f} s after the stop"
+        )
+        started = time.monotonic()
+        _cli(
+            dirs[rest[0]],
+            "put",
+            "--tier",
+            "L1",
+            "--id",
+            "after-failover",
+            "--content",
+            "replication goes on without the old hub",
+        )
+        _wait("the write on the other node", lambda: _has(dirs[rest[1]], "after-failover"), 20)
+        print(
+            f"  {rest[0]} -> {rest[1]}: L1/after-failover arrived after "
+            f"{(time.monotonic() - started) * 1000:.0f} ms"
+        )
         return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"\nmemmesh demo: failed: {exc}", file=sys.stderr)
         for name in processes:
             log_path = root / f"{name}.log"
@@ -162,7 +214,7 @@ def run_demo(*, keep: bool = False) -> int:
         return 1
     finally:
         if processes:
-            print("\n== 7. Stop the daemons (SIGTERM: flush and close)")
+            print("\n== 9. Stop the daemons (SIGTERM: flush and close)")
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

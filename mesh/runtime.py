@@ -24,6 +24,7 @@ from mesh.effects import (
     Disconnect,
     Effect,
     Emit,
+    LeaseAnswered,
     Log,
     Persist,
     QueryAnswered,
@@ -112,6 +113,14 @@ class NodeRuntime:
             asyncio.create_task(self._timer(), name="memmesh-timer"),
         ]
 
+    def tick(self) -> None:
+        """Hand the node a Tick now: its timers start with its first input.
+
+        A node that never hears from a peer gets no other input, so the daemon ticks it
+        once after a discovery grace period (a lone node then claims the hub role).
+        """
+        self.submit(Tick())
+
     async def close(self) -> None:
         """Run queued effects, then stop; pending writes fail with WriteError."""
         if self._closed:
@@ -131,6 +140,14 @@ class NodeRuntime:
             if not future.done():
                 future.set_exception(WriteError("node stopped", applied=True))
 
+    def now(self) -> float:
+        """Return the clock the Node is driven with (Unix seconds unless a test injects one)."""
+        return float(self._clock())
+
+    def wall_time(self, node_time: float) -> float:
+        """Return the Unix time of `node_time`, a reading of the Node's clock."""
+        return time.time() - (self.now() - node_time)
+
     # ----------------------------------------------------------------- inputs
 
     def submit(self, event: Input) -> None:
@@ -143,7 +160,7 @@ class NodeRuntime:
         self._wake.set()
 
     def new_request_id(self) -> tuple[int, asyncio.Future[Any]]:
-        """Return a request id and the future its WriteAcked/QueryAnswered resolves."""
+        """Return a request id and the future its answer (WriteAcked, LeaseAnswered...) resolves."""
         request_id = self._next_request
         self._next_request += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -219,7 +236,7 @@ class NodeRuntime:
                 self._resolve(effect.request_id, effect)
             elif isinstance(effect, WriteFailed):
                 self._reject(effect.request_id, WriteError(effect.reason, applied=effect.applied))
-            elif isinstance(effect, QueryAnswered):
+            elif isinstance(effect, QueryAnswered | LeaseAnswered):
                 self._resolve(effect.request_id, effect)
             elif isinstance(effect, Connect):
                 self._start_connect(effect.peer_id)
