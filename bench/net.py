@@ -616,12 +616,13 @@ def measure_latency(
         write = _find(a_records, "write", t0, lambda r, item=item: r[2] == item)
         assert write is not None, f"no write record for {item} on A"
         # The write's own broadcast: a BATCHED MEMORY_SYNC (an anti-entropy STEP1/STEP2,
-        # also a MEMORY_SYNC, never has that flag).
+        # also a MEMORY_SYNC, never has that flag), or for NORMAL the HUB_RELAY envelope
+        # that carries it to (or, from the hub, out of) the hub.
         sent = _find(
             a_records,
             "send",
             write,
-            lambda r: r[2] == "MEMORY_SYNC" and bool(r[5] & BATCHED) and (bool(r[4]) or not urgent),
+            lambda r: _is_write_frame(r) and (bool(r[4]) or not urgent),
         )
         applied = _find(b_records, "applied", t0, lambda r, item=item: r[4] == item)
         emitted = _find(b_records, "emit", t0, lambda r, item=item: r[3] == item)
@@ -630,9 +631,7 @@ def measure_latency(
             # batched flood): not a sample of this path. Counted below.
             unmatched.append(item)
             continue
-        frame = _find(
-            b_records, "frame", sent, lambda r: r[2] == "MEMORY_SYNC" and bool(r[5] & BATCHED)
-        )
+        frame = _find(b_records, "frame", sent, _is_write_frame)
         rows.append(
             {
                 "visible_s": (applied - t0) / 1e9,
@@ -646,6 +645,8 @@ def measure_latency(
                 "in_daemons_s": (applied - write) / 1e9,
             }
         )
+    if not rows:
+        raise RuntimeError(f"no {priority} sample took the write path: {unmatched}")
     out: dict[str, Any] = {}
     for key in rows[0]:
         values = [r[key] for r in rows if r[key] is not None]
@@ -653,6 +654,11 @@ def measure_latency(
     out["link_ups_on_b_during"] = sum(1 for r in b_records if r[1] == "link_up")
     out["unmatched_samples"] = unmatched
     return out
+
+
+def _is_write_frame(record: list[Any]) -> bool:
+    """True for a trace record of a write's batch: BATCHED MEMORY_SYNC or a HUB_RELAY."""
+    return bool((record[2] == "MEMORY_SYNC" and record[5] & BATCHED) or record[2] == "HUB_RELAY")
 
 
 def measure_poll_latency(run: Run, a: DaemonChild, b: DaemonChild, sizes: Sizes) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class Election:
         self._seq = 0
         self._next_heartbeat: float | None = None
         self._hub_seq = 0  # the newest seq heard from the hub in its term
+        self._hub_claim: HubClaim | None = None  # the newest signed claim of the current hub
         self._lost: tuple[str, int, int] | None = None  # (id, term, seq) of the hub we lost
         self._seen: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.rejected: dict[str, int] = {}
@@ -125,6 +126,14 @@ class Election:
             times.append(self._heard_at + self.config.timeout_s)
         return min((t for t in times if t is not None), default=None)
 
+    @property
+    def hub_claim(self) -> HubClaim | None:
+        """Return the newest signed claim of the current hub (to pass on to a new link)."""
+        hub, claim = self._hub, self._hub_claim
+        if hub is None or claim is None or (claim.node_id, claim.term) != (hub.id, hub.term):
+            return None
+        return claim
+
     # ----------------------------------------------------------------- inputs
 
     def on_claim(self, claim: HubClaim, now: float) -> ClaimOutcome:
@@ -155,7 +164,9 @@ class Election:
             if news:
                 self._hub = HubInfo(hub.id, claim.term, claim.score, hub.since)
                 self.changes += claim.term > hub.term
-            self._heard_at = now
+            if news or claim.seq > self._hub_seq:  # an old claim passed on proves nothing
+                self._heard_at = now
+                self._hub_claim = claim
             self._hub_seq = max(self._hub_seq, claim.seq) if claim.term == hub.term else claim.seq
             # A plain heartbeat is not forwarded: the hub sends it to each of its links, and
             # every node links to the hub. Flooding it cost ~2.6 KB/s per node at N=10.
@@ -175,6 +186,7 @@ class Election:
             return ClaimOutcome(False, True, "outranked", [self._become_hub(claim.term, now)])
         self._adopt(HubInfo(claim.node_id, claim.term, claim.score, now), now)
         self._hub_seq = claim.seq
+        self._hub_claim = claim
         return ClaimOutcome(True, True)
 
     def vouch(self, now: float) -> None:
@@ -259,4 +271,6 @@ class Election:
         key = self._signer.public_key
         term = self._hub.term
         signature = self._signer.sign(claim_bytes(self.node_id, term, self._seq, self.score, key))
-        return HubClaim(self.node_id, term, self._seq, self.score, key, signature)
+        claim = HubClaim(self.node_id, term, self._seq, self.score, key, signature)
+        self._hub_claim = claim
+        return claim

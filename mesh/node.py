@@ -177,6 +177,7 @@ class Node(HubRole):
         self._queries: dict[int, tuple[int, float]] = {}
         self._next_query_id = 1
         self._next_ae: float | None = None
+        self._last_sent: dict[str, float] = {}  # peer -> when we last sent it a frame
         self._now = 0.0
         self._signer = signer
         self._verifier: Verifier = verifier if verifier is not None else Ed25519Verifier()
@@ -287,6 +288,7 @@ class Node(HubRole):
         return self._count(Send(peer_id, frame, priority))
 
     def _count(self, send: Send) -> Send:
+        self._last_sent[send.peer_id] = self._now
         self.counters.frames_out += 1
         self.counters.bytes_out += len(send.frame)
         return send
@@ -408,6 +410,7 @@ class Node(HubRole):
                 ),
             )
         ]
+        effects.extend(self._introduce_hub(peer_id))
         resuming = {
             progress.tier: transfer_id
             for (peer, transfer_id), progress in self._incoming.items()
@@ -456,6 +459,7 @@ class Node(HubRole):
         self.counters.bytes_in += len(data)
         try:
             frame, message = decode_message(data, self.config.limits)
+            self._heard_from(peer_id)
             return self._dispatch(peer_id, frame, message, data)
         except (FrameError, CorruptUpdateError, MemmeshError) as exc:
             return self._bad_frame(peer_id, str(exc))

@@ -6,6 +6,7 @@ on the Node's attributes and helpers declared below.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ class HubRole:
     acks: AckTracker
     _links: set[str]
     _now: float
+    _last_sent: dict[str, float]
     _seen: OrderedDict[bytes, bool]
     _outbox: Outbox
     _router: HubRouter | None
@@ -231,7 +233,35 @@ class HubRole:
 
     def _flood_claims(self, claims: list[HubClaim]) -> list[Effect]:
         # Claims ride the urgent channel, like SWIM: a late heartbeat looks like a dead hub.
-        return [self._send(p, c, Priority.CRITICAL) for c in claims for p in sorted(self._links)]
+        effects: list[Effect] = []
+        for claim in claims:
+            peers = sorted(self._links)
+            if claim.node_id == self.node_id and claim.seq > 2:
+                # A heartbeat of our established term: any frame proves we are alive (see
+                # `_heard_from`), so a link we sent something to within the last interval
+                # skips it. Gaps stay under 2 heartbeat intervals, below the timeout.
+                recent = self._now - self.config.hub.heartbeat_s
+                peers = [p for p in peers if self._last_sent.get(p, -math.inf) <= recent]
+            effects.extend(self._send(p, claim, Priority.CRITICAL) for p in peers)
+        return effects
+
+    def _introduce_hub(self, peer_id: str) -> list[Effect]:
+        """Pass the current hub's newest signed claim to a new link.
+
+        Heartbeats travel only over links to the hub and are not forwarded, so without this
+        a newcomer linked first to other nodes would not learn of the hub before its boot
+        wait ends, and would campaign against a healthy hub.
+        """
+        claim = None if self._router is None else self._router.election.hub_claim
+        return [] if claim is None else [self._send(peer_id, claim, Priority.CRITICAL)]
+
+    def _heard_from(self, peer_id: str) -> None:
+        """A well-formed frame came over the link from `peer_id`: if it is the hub, it lives."""
+        router = self._router
+        if router is not None:
+            hub = router.hub
+            if hub is not None and hub.id == peer_id:
+                router.election.vouch(self._now)
 
     def _reflood(self, pending: PendingRelay) -> list[Effect]:
         message = pending.message

@@ -285,3 +285,15 @@ def test_a_node_without_a_key_follows_the_hub_and_floods_its_own_updates() -> No
     counters = keyless.node.hub_counters
     assert counters.p2p_sent == 1 and counters.relayed_sent == 0
     assert world.holds_everything(["keyless"])
+
+
+def test_a_higher_ranked_newcomer_learns_of_the_hub_and_follows_it() -> None:
+    world = mesh(6, seed=3)
+    world.run_until(3.0)
+    assert the_hub(world) == "n005"
+    terms = {s.node.hub.term for s in world.live() if s.node.hub is not None}
+    world.add_node("n900")  # would win an election; must follow the established hub
+    world.run_until(8.0)
+    assert the_hub(world) == "n005"
+    assert {s.node.hub.term for s in world.live() if s.node.hub is not None} == terms
+    assert world.nodes["n900"].node.hub is not None

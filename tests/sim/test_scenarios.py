@@ -119,13 +119,18 @@ def test_scale_scenario_code_path_on_a_small_mesh() -> None:
     assert summary["rounds_to_converge"] <= summary["bound_rounds"]
 
 
-def test_idle_traffic_stays_under_one_kilobyte_per_second() -> None:
-    summary = _summary("idle", nodes=8, seed=1, duration_s=30.0)
+@pytest.mark.parametrize("hub_role", [False, True])
+def test_idle_traffic_stays_under_one_kilobyte_per_second(hub_role: bool) -> None:
+    summary = _summary("idle", nodes=10, seed=1, duration_s=30.0, hub_role=hub_role)
     assert summary["converged"] is True
     assert 0 < summary["idle_bytes_per_s_per_node"] <= 1024
     idle = summary["phases"][-1]
     assert idle["name"] == "idle"
     assert "MEMORY_SYNC" not in idle["by_type"]  # nothing to repair once synced
+    if hub_role:
+        # Heartbeats go once per link and interval at most (never flooded on): 9 links, 2/s.
+        assert summary["hub"]["id"] is not None
+        assert idle["by_type"]["HUB_CLAIM"]["frames"] <= 9 * 2 * 30
 
 
 def test_a_run_that_cannot_converge_says_so() -> None:

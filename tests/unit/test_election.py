@@ -119,6 +119,34 @@ def test_a_silent_hub_is_replaced_in_a_higher_term() -> None:
     assert hub is not None and hub.term == 2 and hub.since > since
 
 
+def test_a_vouched_hub_survives_missing_heartbeats_and_is_lost_without_them() -> None:
+    bus = Bus(["a", "b", "c"])
+    bus.run(3.0)
+    assert bus.hubs() == {"c"}
+    kept, dropped = bus.nodes["a"], bus.nodes["b"]
+    end = bus.now + 3 * CONFIG.timeout_s
+    while bus.now < end:  # the hub's heartbeats stop arriving; only a hears of it otherwise
+        bus.now = round(bus.now + 0.05, 9)
+        kept.vouch(bus.now)
+        kept.tick(bus.now, ["b", "c"])
+        dropped.tick(bus.now, ["a", "c"])
+    assert kept.hub is not None and kept.hub.id == "c"
+    assert dropped.hub is None or dropped.hub.id != "c"
+
+
+def test_a_plain_heartbeat_is_not_forwarded_but_news_is() -> None:
+    bus = Bus(["a", "b", "c"])
+    bus.run(3.0)
+    hub = bus.nodes["c"]
+    heartbeat = hub.tick(bus.now + CONFIG.heartbeat_s, ["a", "b"])
+    assert len(heartbeat) == 1 and heartbeat[0].seq > 2
+    outcome = bus.nodes["a"].on_claim(heartbeat[0], bus.now + CONFIG.heartbeat_s)
+    assert outcome.accepted and not outcome.forward
+    newcomer = Election("d", 100, CONFIG, Ed25519Verifier(keyring(["c", "d"])), signer_for("d"))
+    first = newcomer.on_claim(heartbeat[0], bus.now + CONFIG.heartbeat_s)
+    assert first.accepted and first.forward  # a hub new to this node is news: pass it on
+
+
 def test_member_death_loses_the_hub_at_once() -> None:
     bus = Bus(["a", "b", "c"])
     bus.run(3.0)
