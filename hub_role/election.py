@@ -173,6 +173,19 @@ class Election:
             return ClaimOutcome(True, news)
         mine = (self.score, self.node_id)
         theirs = (claim.score, claim.node_id)
+        if hub is not None and claim.term == hub.term:
+            # Same term, two hubs. An established one (past its first heartbeats) beats a
+            # fresh one whatever their ranks: the fresh claim is a newcomer that campaigned
+            # before it heard of the hub, and must not unseat it (stickiness).
+            held = self._seq if self.is_hub else self._hub_seq
+            if held > 2 and claim.seq <= 2:
+                claims = [self._sign_claim(now)] if self.is_hub else []
+                return ClaimOutcome(False, False, "established", claims)
+            if held <= 2 and claim.seq > 2:
+                self._adopt(HubInfo(claim.node_id, claim.term, claim.score, now), now)
+                self._hub_seq = claim.seq
+                self._hub_claim = claim
+                return ClaimOutcome(True, True)
         if hub is not None and claim.term == hub.term and (hub.score, hub.id) >= theirs:
             # A same-term rival the hub outranks: the hub answers at once so it yields.
             claims = [self._sign_claim(now)] if self.is_hub else []

@@ -37,6 +37,7 @@ from mesh.messages import (
 from mesh.outbox import Outbox
 
 MAX_LEASE_NAME = 128
+ALWAYS_SENT_HEARTBEATS = 4  # claim seqs a hub sends to every link before skipping any
 MAX_LEASE_TTL_S = 86_400.0  # a day; the wire allows up to 2**32 - 1 ms
 
 
@@ -236,10 +237,13 @@ class HubRole:
         effects: list[Effect] = []
         for claim in claims:
             peers = sorted(self._links)
-            if claim.node_id == self.node_id and claim.seq > 2:
+            if claim.node_id == self.node_id and claim.seq > ALWAYS_SENT_HEARTBEATS:
                 # A heartbeat of our established term: any frame proves we are alive (see
                 # `_heard_from`), so a link we sent something to within the last interval
-                # skips it. Gaps stay under 2 heartbeat intervals, below the timeout.
+                # skips it. Gaps stay under 2 heartbeat intervals, below the timeout. The
+                # first heartbeats of a term go to every link, so every follower holds an
+                # established claim (seq > 2) to introduce us with: passed on to a newcomer,
+                # a fresh one (seq <= 2) would look like an election it could still win.
                 recent = self._now - self.config.hub.heartbeat_s
                 peers = [p for p in peers if self._last_sent.get(p, -math.inf) <= recent]
             effects.extend(self._send(p, claim, Priority.CRITICAL) for p in peers)

@@ -173,8 +173,9 @@ def test_split_brain_heals_to_the_higher_term_score_and_id() -> None:
     hubs = bus.hubs()
     assert len(hubs) == 1
     winner = hubs.pop()
-    # c holds term 2 against f's term 1; f then contests term 2 and outranks c there.
-    assert winner == "f"
+    # c holds term 2 against f's term 1. f may contest term 2 (it outranks c), but its
+    # claim there is fresh and c is established: the hub of the higher term stays.
+    assert winner == "c"
     assert sum(e.is_hub for e in bus.nodes.values()) == 1
     assert {e.hub.term for e in bus.nodes.values() if e.hub} == {2}
 
