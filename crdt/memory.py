@@ -28,6 +28,7 @@ from crdt.item import (
     build_item,
     check_item_id,
     check_tier,
+    decode_new_records,
     embedding_text,
     from_record,
     live_record_text,
@@ -476,9 +477,11 @@ class TieredMemory:
         newest: Timestamp | None = None
         to_index: list[tuple[str, str, FloatVector]] = []
         hashes: list[tuple[str, bytes | None]] = []
-        for item_id in sorted(changed):
+        ordered = sorted(changed)
+        decoded = self._decode_new(tier, ordered)
+        for item_id in ordered:
             if item_id not in self._where:
-                new = self._refresh_new(item_id, tier, hashes, to_index)
+                new = self._refresh_new(item_id, tier, hashes, to_index, decoded.get(item_id))
                 if new is not None:
                     if newest is None or new.updated > newest:
                         newest = new.updated
@@ -730,29 +733,57 @@ class TieredMemory:
         self._track_conflict(item_id, resolution, origin, events)
         return resolution
 
+    def _decode_new(self, tier: str, item_ids: Sequence[str]) -> dict[str, MemoryItem]:
+        """Decode the one version of each id new to every tier, in one batch.
+
+        Ids known here, with several versions, or whose record `decode_new_records` leaves
+        to `from_record` are absent from the result. Changes nothing.
+        """
+        where, versions = self._where, self._tiers[tier].versions
+        entries = []
+        for item_id in item_ids:
+            if item_id not in where:
+                found = versions(item_id)
+                if len(found) == 1:
+                    (record,) = found.values()
+                    entries.append((item_id, record))
+        if not entries:
+            return {}
+        decoded = decode_new_records(tier, entries)
+        return {
+            item_id: item
+            for (item_id, _record), item in zip(entries, decoded, strict=True)
+            if item is not None
+        }
+
     def _refresh_new(
         self,
         item_id: str,
         tier: str,
         hashes: list[tuple[str, bytes | None]],
         to_index: list[tuple[str, str, FloatVector]],
+        decoded: MemoryItem | None = None,
     ) -> MemoryItem | None:
         """Do what `_refresh` does for an id new to every tier with one version in `tier`.
 
-        The digest entry and embedding go to `hashes` and `to_index`. Returns the decoded
-        version, or None, having changed nothing, when the shape differs or the record is
-        corrupt (the caller then takes the general path). One version in one tier: there
-        is nothing to resolve and no conflict.
+        `decoded`, if given, must be `from_record` of that one version. The digest entry
+        and embedding go to `hashes` and `to_index`. Returns the decoded version, or None,
+        having changed nothing, when the shape differs or the record is corrupt (the
+        caller then takes the general path). One version in one tier: there is nothing to
+        resolve and no conflict.
         """
         doc = self._tiers[tier]
         versions = doc.versions(item_id)
         if len(versions) != 1:
             return None
-        (record,) = versions.values()
-        try:
-            item = from_record(item_id, tier, record)
-        except CorruptRecordError:
-            return None
+        if decoded is not None:
+            item = decoded
+        else:
+            (record,) = versions.values()
+            try:
+                item = from_record(item_id, tier, record)
+            except CorruptRecordError:
+                return None
         self._where[item_id] = {tier}
         hashes.append((item_id, doc.content_hash(item_id)))
         self._cache.invalidate(item_id)
