@@ -479,15 +479,20 @@ class TieredMemory:
         hashes: list[tuple[str, bytes | None]] = []
         ordered = sorted(changed)
         decoded = self._decode_new(tier, ordered)
+        puts: list[tuple[str, int, str, str, str]] = []  # PUT events of new ids, not yet logged
         for item_id in ordered:
             if item_id not in self._where:
                 new = self._refresh_new(item_id, tier, hashes, to_index, decoded.get(item_id))
                 if new is not None:
-                    if newest is None or new.updated > newest:
-                        newest = new.updated
+                    stamp = new.updated
+                    if newest is None or stamp > newest:
+                        newest = stamp
                     if not new.deleted:
-                        events.append(self._event(tier, item_id, EventKind.PUT, "remote", new))
+                        puts.append((stamp.encode(), stamp.wall_ms, tier, item_id, new.author))
                     continue
+            if puts:  # logged first: events keep the order of the ids
+                events.extend(self._remote_puts(puts))
+                puts = []
             self._note_tier(item_id, tier)
             was_live = item_id in self._home
             resolution = self._refresh(
@@ -502,6 +507,8 @@ class TieredMemory:
             elif was_live:
                 last = resolution.versions[-1] if resolution.versions else None
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
+        if puts:
+            events.extend(self._remote_puts(puts))
         self._digests[tier].set_many(hashes)
         self._index_all(to_index)
         if newest is not None:
@@ -732,6 +739,10 @@ class TieredMemory:
                 self._unindex(item_id)
         self._track_conflict(item_id, resolution, origin, events)
         return resolution
+
+    def _remote_puts(self, entries: list[tuple[str, int, str, str, str]]) -> list[MemoryEvent]:
+        """Log remote PUT events `(hlc, wall_ms, tier, id, author)` as `_event` would, at once."""
+        return self.events.append_many(kind=EventKind.PUT, origin="remote", entries=entries)
 
     def _decode_new(self, tier: str, item_ids: Sequence[str]) -> dict[str, MemoryItem]:
         """Decode the one version of each id new to every tier, in one batch.
