@@ -140,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="only the initial-sync figures (3, 3' and 4) and their baselines: the raw "
+        "channel at the start and the stream right before each sync",
+    )
+    parser.add_argument(
         "--what-if",
         choices=["swim-urgent"],
         default=None,
@@ -192,9 +198,11 @@ class Run:
         progress: Progress,
         profile: bool,
         what_if: str | None = None,
+        sync_only: bool = False,
     ) -> None:
         """Wrap an open lab."""
         self.what_if = what_if
+        self.sync_only = sync_only
         self.net = net
         self.work = work
         self.progress = progress
@@ -996,6 +1004,10 @@ def _stop_all(daemons: list[DaemonChild]) -> dict[str, int | None]:
     return {d.label: d.stop() for d in daemons}
 
 
+class _SkipRest(Exception):
+    """--sync-only: the figures after the 10k sync are not measured."""
+
+
 def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
     """Run every measurement; return the raw results by name."""
     work, progress = run.work, run.progress
@@ -1023,6 +1035,8 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
         results["sync_10k"]["load_s"] = load_10k
         if not results["sync_10k"]["completed"]:
             raise RuntimeError(f"10k initial sync did not complete: {results['sync_10k']}")
+        if run.sync_only:
+            raise _SkipRest
         # The same linked pair: latency and replicated writes (figures 1 and 2).
         _wait("A and B linked", lambda: len(a.connected()) == 1 and len(b.connected()) == 1, 30)
         time.sleep(1.0)
@@ -1041,6 +1055,8 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
             run, a, b, sizes, count=sizes.single_puts, batch=1, prefix="single"
         )
         run.phase("single-puts", a, b)
+    except _SkipRest:
+        pass
     finally:
         results["exit_codes_10k"] = _stop_all(started)
 
@@ -1067,6 +1083,8 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
         finally:
             results["exit_codes_big"] = _stop_all([a, b])
 
+    if run.sync_only:
+        return results
     results["idle"] = measure_idle(run, sizes)
     results["raw_idle"] = measure_raw_idle(run, sizes, raw_dirs)
     results["raw_end"] = measure_raw(run, sizes, raw_dirs, "end")
@@ -1156,7 +1174,11 @@ def _sync_figures(
 
 def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     """Turn the raw results into figures (value, same-run baseline, ratio, target)."""
-    raws = [results["raw_start"], results["raw_end"]]
+    raws = (
+        [results["raw_start"], results["raw_end"]]
+        if "raw_end" in results
+        else [results["raw_start"]]
+    )
     rtt_urgent = _mean_raw(raws, "echo_urgent", "median_ms")
     rtt_sync = _mean_raw(raws, "echo_sync", "median_ms")
     stream_bps = _mean_raw(raws, "stream", "bytes_per_s")
@@ -1167,6 +1189,8 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         ("critical", rtt_urgent, "urgent"),
         ("normal", rtt_sync, "sync"),
     ):
+        if f"latency_{prio}" not in results:  # --sync-only
+            continue
         lat = results[f"latency_{prio}"]
         for key, what in (("visible_s", "visible"), ("event_s", "event")):
             value = lat[key]["median_ms"]
@@ -1198,31 +1222,32 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 },
                 baseline_raw={"p99_ms": _mean_raw(raws, f"echo_{channel}", "p99_ms")},
             )
-    poll = results["latency_poll"]
-    figures["latency_critical_polled"] = figure(
-        value=poll["latency"]["median_ms"],
-        unit="ms (median)",
-        baseline_name="echo RTT of a 64 B frame on the bare 'urgent' channel (median)",
-        baseline_value=rtt_urgent,
-        ratio_meaning="put on A + polling `get` on B's control socket / channel RTT",
-        raw=poll,
-    )
+    if "latency_poll" in results:  # not with --sync-only
+        poll = results["latency_poll"]
+        figures["latency_critical_polled"] = figure(
+            value=poll["latency"]["median_ms"],
+            unit="ms (median)",
+            baseline_name="echo RTT of a 64 B frame on the bare 'urgent' channel (median)",
+            baseline_value=rtt_urgent,
+            ratio_meaning="put on A + polling `get` on B's control socket / channel RTT",
+            raw=poll,
+        )
 
-    burst = results["burst"]
-    capacity = stream_bps / burst["wire_bytes_per_item"]
-    figures["replicated_writes"] = figure(
-        value=burst["items_per_s"],
-        unit="items/s (written on A until all applied on B)",
-        baseline_name="raw stream bytes/s / our wire bytes per item: items/s the bare channel "
-        "could carry at our wire size",
-        baseline_value=capacity,
-        ratio_meaning="ours / bare-channel capacity at our wire bytes per item",
-        raw={**burst, "single_puts": results["burst_single"]},
-        baseline_raw={
-            "raw_stream_bytes_per_s": stream_bps,
-            "raw_512B_frames_per_s": _mean_raw(raws, "burst_512B", "frames_per_s"),
-        },
-    )
+        burst = results["burst"]
+        capacity = stream_bps / burst["wire_bytes_per_item"]
+        figures["replicated_writes"] = figure(
+            value=burst["items_per_s"],
+            unit="items/s (written on A until all applied on B)",
+            baseline_name="raw stream bytes/s / our wire bytes per item: items/s the bare channel "
+            "could carry at our wire size",
+            baseline_value=capacity,
+            ratio_meaning="ours / bare-channel capacity at our wire bytes per item",
+            raw={**burst, "single_puts": results["burst_single"]},
+            baseline_raw={
+                "raw_stream_bytes_per_s": stream_bps,
+                "raw_512B_frames_per_s": _mean_raw(raws, "burst_512B", "frames_per_s"),
+            },
+        )
 
     syncs = [("initial_sync", "10k")]
     if "sync_big" in results:
@@ -1274,28 +1299,29 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         baseline_raw={"spawn_to_link_s": raw_spawn, "bytes_at_stream_rate_s": raw_move},
     )
 
-    idle, raw_idle = results["idle"], results["raw_idle"]
-    figures["idle_traffic"] = figure(
-        value=idle["wire_tx_bytes_per_s_mean"],
-        unit="bytes/s sent per node on the wire (eth0 tx: IP/UDP/DTLS/SCTP/mDNS included)",
-        baseline_name="three bare transports, fully linked, sending nothing (eth0 tx per node)",
-        baseline_value=raw_idle["wire_tx_bytes_per_s_mean"],
-        ratio_meaning="ours / bare idle links",
-        target=TARGET_IDLE_BYTES_PER_S,
-        higher_is_better=False,
-        raw=idle,
-        baseline_raw=raw_idle,
-    )
-    figures["idle_traffic_frames"] = figure(
-        value=idle["payload_bytes_per_s_mean"],
-        unit="bytes/s of frames handed to the data channels per node (no transport overhead)",
-        baseline_name="three bare transports, fully linked, sending nothing (eth0 tx per node)",
-        baseline_value=raw_idle["wire_tx_bytes_per_s_mean"],
-        ratio_meaning="our frames alone / bare idle links on the wire",
-        target=TARGET_IDLE_BYTES_PER_S,
-        higher_is_better=False,
-        raw={"same_run_as": "idle_traffic"},
-    )
+    if "idle" in results:  # not with --sync-only
+        idle, raw_idle = results["idle"], results["raw_idle"]
+        figures["idle_traffic"] = figure(
+            value=idle["wire_tx_bytes_per_s_mean"],
+            unit="bytes/s sent per node on the wire (eth0 tx: IP/UDP/DTLS/SCTP/mDNS included)",
+            baseline_name="three bare transports, fully linked, sending nothing (eth0 tx per node)",
+            baseline_value=raw_idle["wire_tx_bytes_per_s_mean"],
+            ratio_meaning="ours / bare idle links",
+            target=TARGET_IDLE_BYTES_PER_S,
+            higher_is_better=False,
+            raw=idle,
+            baseline_raw=raw_idle,
+        )
+        figures["idle_traffic_frames"] = figure(
+            value=idle["payload_bytes_per_s_mean"],
+            unit="bytes/s of frames handed to the data channels per node (no transport overhead)",
+            baseline_name="three bare transports, fully linked, sending nothing (eth0 tx per node)",
+            baseline_value=raw_idle["wire_tx_bytes_per_s_mean"],
+            ratio_meaning="our frames alone / bare idle links on the wire",
+            target=TARGET_IDLE_BYTES_PER_S,
+            higher_is_better=False,
+            raw={"same_run_as": "idle_traffic"},
+        )
     raw_note["streams_before_syncs"] = {
         k: results[k] for k in ("raw_stream_10k", "raw_stream_big") if k in results
     }
@@ -1320,7 +1346,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         with netlab.Netlab() as net:
             for _ in range(3):
                 net.add_host()
-            state = Run(net, work, progress, bool(args.profile), args.what_if)
+            state = Run(net, work, progress, bool(args.profile), args.what_if, bool(args.sync_only))
             results = run_all(state, sizes)
         figures = build_figures(results, sizes)
         baselines = figures.pop("_baseline_runs")
@@ -1345,6 +1371,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             "profile": PROFILE,
             "profiled": bool(args.profile),
             "what_if": args.what_if,
+            "sync_only": bool(args.sync_only),
         },
         "figures": figures,
         "targets": targets,

@@ -6,9 +6,10 @@ import base64
 import binascii
 import hashlib
 import json
+import json.scanner
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring as _json_string  # what canonical_json uses
 from typing import Any, TypeAlias
@@ -569,3 +570,151 @@ def live_record_text(
         f'"created":"{created or item.created.encode()}",{vector}"metadata":{metadata_json},'
         f'"tags":{_json_strings(item.tags)},"updated":"{updated or item.updated.encode()}"}}'
     )
+
+
+# --------------------------------------------------------------------------- batch decode
+#
+# `decode_new_records` serves `TieredMemory.apply_remote` for a slice of new ids (most of an
+# initial sync). It accepts only the record shapes that `live_record_text` writes and gives
+# None for anything else, so the caller falls back to `from_record` (which then raises the
+# usual CorruptRecordError, or decodes the unusual shape). For what it accepts it returns
+# exactly what `from_record` returns; tests/unit/test_decode_new_records.py checks that.
+
+_LIVE_KEYS = frozenset(
+    {"author", "citations", "confidence", "content", "content_hash", "created", "metadata"}
+    | {"tags", "updated"}
+)
+_LIVE_EMBEDDED_KEYS = _LIVE_KEYS | {"codec", "dim", "embedding"}
+_CODECS = {codec.value: codec for codec in EmbeddingCodec}
+_ROW_BYTES = {EmbeddingCodec.F32: (4, 0), EmbeddingCodec.F16: (2, 0), EmbeddingCodec.I8: (1, 4)}
+_HLC_PATTERN = re.compile(r"[0-9]{15}\.[0-9]{6}")
+# json.loads minus its wrapper: (value, end index) of the JSON value at an index.
+_DECODER: Any = json.JSONDecoder()
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_DECODER)
+
+
+def _plain_strings(value: object) -> tuple[str, ...] | None:
+    if type(value) is not list:
+        return None
+    for entry in value:
+        if type(entry) is not str:
+            return None
+    return tuple(value)
+
+
+def _timestamp(text: object, known: dict[str, Timestamp]) -> Timestamp | None:
+    """Return `Timestamp.decode(text)` for a well-formed stamp (memoised), else None."""
+    if type(text) is not str:
+        return None
+    stamp = known.get(text)
+    if stamp is None:
+        if _HLC_PATTERN.fullmatch(text) is None:
+            return None
+        stamp = known[text] = Timestamp(int(text[:15]), int(text[16:]))
+    return stamp
+
+
+def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[MemoryItem | None]:
+    """Decode `(item_id, record)` pairs as `from_record` does, embeddings in one pass.
+
+    Entry i gives `from_record(item_id, tier, record)` for a live, unmoved record of the
+    shape `live_record_text` writes, else None (then call `from_record`).
+    """
+    out: list[MemoryItem | None] = []
+    fields: list[tuple[Any, ...] | None] = []
+    groups: dict[tuple[EmbeddingCodec, int], list[tuple[int, bytes]]] = {}
+    stamps: dict[str, Timestamp] = {}
+    b64decode = binascii.a2b_base64
+    for index, (item_id, record) in enumerate(entries):
+        out.append(None)
+        fields.append(None)
+        try:
+            raw, end = _scan_json(record, 0)
+        except (StopIteration, ValueError, RecursionError):
+            continue
+        if end != len(record) or type(raw) is not dict:
+            continue
+        keys = raw.keys()
+        if keys == _LIVE_KEYS:
+            embedded = False
+            codec = EmbeddingCodec.F32
+        elif keys == _LIVE_EMBEDDED_KEYS:
+            embedded = True
+            codec_value = raw["codec"]
+            found = _CODECS.get(codec_value) if type(codec_value) is str else None
+            if found is None:
+                continue
+            codec = found
+        else:
+            continue
+        content, content_hash, author = raw["content"], raw["content_hash"], raw["author"]
+        metadata, confidence = raw["metadata"], raw["confidence"]
+        if (
+            type(content) is not str
+            or type(content_hash) is not str
+            or type(author) is not str
+            or type(metadata) is not dict
+            or not (type(confidence) is float or type(confidence) is int)
+            or not 0.0 <= confidence <= 1.0
+        ):
+            continue
+        if metadata:
+            try:
+                canonical_json(metadata)
+            except InvalidItemError:
+                continue
+        tags = _plain_strings(raw["tags"])
+        citations = _plain_strings(raw["citations"])
+        created = _timestamp(raw["created"], stamps)
+        updated = _timestamp(raw["updated"], stamps)
+        if tags is None or citations is None or created is None or updated is None:
+            continue
+        if embedded:
+            dim, text = raw["dim"], raw["embedding"]
+            if type(dim) is not int or not 1 <= dim <= MAX_DIM or type(text) is not str:
+                continue
+            try:
+                data = b64decode(text.encode("ascii"), strict_mode=True)
+            except (binascii.Error, UnicodeEncodeError):
+                continue
+            width, header = _ROW_BYTES[codec]
+            if len(data) != width * dim + header:
+                continue
+            groups.setdefault((codec, dim), []).append((index, data))
+        fields[index] = (
+            item_id, tier, content, content_hash, None, metadata, tags, citations,
+            float(confidence), created, updated, author, codec,
+        )  # fmt: skip
+    vectors: dict[int, FloatVector] = {}
+    for (codec, dim), rows in groups.items():
+        matrix = _decode_rows(codec, dim, b"".join(data for _index, data in rows))
+        finite: list[bool] = np.isfinite(matrix).all(axis=1).tolist()  # type: ignore[assignment]
+        for (index, _data), row, ok in zip(rows, matrix, finite, strict=True):
+            if ok:
+                vector = row.copy()
+                vector.flags.writeable = False
+                vectors[index] = vector
+            else:
+                fields[index] = None  # from_record refuses it
+    for index, values in enumerate(fields):
+        if values is None:
+            continue
+        item_id, _tier, content, content_hash, _none, metadata, tags, citations = values[:8]
+        confidence, created, updated, author, codec = values[8:]
+        out[index] = new_live_item(
+            item_id, tier, content, content_hash, vectors.get(index), metadata, tags,
+            citations, confidence, created, updated, author, codec,
+        )  # fmt: skip
+    return out
+
+
+def _decode_rows(codec: EmbeddingCodec, dim: int, data: bytes) -> FloatMatrix:
+    """Return the rows `decode_embedding` gives for each row of `data`, as one matrix."""
+    if codec is EmbeddingCodec.F32:
+        return np.frombuffer(data, dtype="<f4").reshape(-1, dim).astype(np.float32)
+    if codec is EmbeddingCodec.F16:
+        return np.frombuffer(data, dtype="<f2").reshape(-1, dim).astype(np.float32)
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, 4 + dim)
+    scales = rows[:, :4].copy().view("<f4").astype(np.float32)  # (count, 1)
+    ints = rows[:, 4:].view(np.int8)
+    return ints.astype(np.float32) * scales

@@ -28,6 +28,7 @@ from crdt.item import (
     build_item,
     check_item_id,
     check_tier,
+    decode_new_records,
     embedding_text,
     from_record,
     live_record_text,
@@ -476,15 +477,22 @@ class TieredMemory:
         newest: Timestamp | None = None
         to_index: list[tuple[str, str, FloatVector]] = []
         hashes: list[tuple[str, bytes | None]] = []
-        for item_id in sorted(changed):
+        ordered = sorted(changed)
+        decoded = self._decode_new(tier, ordered)
+        puts: list[tuple[str, int, str, str, str]] = []  # PUT events of new ids, not yet logged
+        for item_id in ordered:
             if item_id not in self._where:
-                new = self._refresh_new(item_id, tier, hashes, to_index)
+                new = self._refresh_new(item_id, tier, hashes, to_index, decoded.get(item_id))
                 if new is not None:
-                    if newest is None or new.updated > newest:
-                        newest = new.updated
+                    stamp = new.updated
+                    if newest is None or stamp > newest:
+                        newest = stamp
                     if not new.deleted:
-                        events.append(self._event(tier, item_id, EventKind.PUT, "remote", new))
+                        puts.append((stamp.encode(), stamp.wall_ms, tier, item_id, new.author))
                     continue
+            if puts:  # logged first: events keep the order of the ids
+                events.extend(self._remote_puts(puts))
+                puts = []
             self._note_tier(item_id, tier)
             was_live = item_id in self._home
             resolution = self._refresh(
@@ -499,6 +507,8 @@ class TieredMemory:
             elif was_live:
                 last = resolution.versions[-1] if resolution.versions else None
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
+        if puts:
+            events.extend(self._remote_puts(puts))
         self._digests[tier].set_many(hashes)
         self._index_all(to_index)
         if newest is not None:
@@ -730,29 +740,61 @@ class TieredMemory:
         self._track_conflict(item_id, resolution, origin, events)
         return resolution
 
+    def _remote_puts(self, entries: list[tuple[str, int, str, str, str]]) -> list[MemoryEvent]:
+        """Log remote PUT events `(hlc, wall_ms, tier, id, author)` as `_event` would, at once."""
+        return self.events.append_many(kind=EventKind.PUT, origin="remote", entries=entries)
+
+    def _decode_new(self, tier: str, item_ids: Sequence[str]) -> dict[str, MemoryItem]:
+        """Decode the one version of each id new to every tier, in one batch.
+
+        Ids known here, with several versions, or whose record `decode_new_records` leaves
+        to `from_record` are absent from the result. Changes nothing.
+        """
+        where, versions = self._where, self._tiers[tier].versions
+        entries = []
+        for item_id in item_ids:
+            if item_id not in where:
+                found = versions(item_id)
+                if len(found) == 1:
+                    (record,) = found.values()
+                    entries.append((item_id, record))
+        if not entries:
+            return {}
+        decoded = decode_new_records(tier, entries)
+        return {
+            item_id: item
+            for (item_id, _record), item in zip(entries, decoded, strict=True)
+            if item is not None
+        }
+
     def _refresh_new(
         self,
         item_id: str,
         tier: str,
         hashes: list[tuple[str, bytes | None]],
         to_index: list[tuple[str, str, FloatVector]],
+        decoded: MemoryItem | None = None,
     ) -> MemoryItem | None:
         """Do what `_refresh` does for an id new to every tier with one version in `tier`.
 
-        The digest entry and embedding go to `hashes` and `to_index`. Returns the decoded
-        version, or None, having changed nothing, when the shape differs or the record is
-        corrupt (the caller then takes the general path). One version in one tier: there
-        is nothing to resolve and no conflict.
+        `decoded`, if given, must be `from_record` of that one version. The digest entry
+        and embedding go to `hashes` and `to_index`. Returns the decoded version, or None,
+        having changed nothing, when the shape differs or the record is corrupt (the
+        caller then takes the general path). One version in one tier: there is nothing to
+        resolve and no conflict.
         """
         doc = self._tiers[tier]
         versions = doc.versions(item_id)
         if len(versions) != 1:
             return None
-        (record,) = versions.values()
-        try:
-            item = from_record(item_id, tier, record)
-        except CorruptRecordError:
-            return None
+        if decoded is not None:
+            item = decoded
+        else:
+            (record,) = versions.values()
+            try:
+                item = from_record(item_id, tier, record)
+            except CorruptRecordError:
+                return None
         self._where[item_id] = {tier}
         hashes.append((item_id, doc.content_hash(item_id)))
         self._cache.invalidate(item_id)

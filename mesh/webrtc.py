@@ -37,7 +37,7 @@ from aiortc import (
 )
 from aiortc.exceptions import InvalidStateError
 
-from mesh import signaling_server
+from mesh import sctp_receive, signaling_server
 from mesh.identity import NodeIdentity
 from mesh.signaling_server import SignalingServer, Signer, now_ms
 from mesh.trust import ANY_RECIPIENT, MeshCredentials, SignalingRefused, SignalingVerifier
@@ -204,6 +204,7 @@ class WebRtcTransport:
         on_refused: RefusedHandler | None = None,
     ) -> None:
         """Configure; nothing is bound until `start` (or `async with`)."""
+        sctp_receive.install()  # aiortc's receive path without needless rescans (guarded)
         self._identity = identity
         self._ice_servers = tuple(ice_servers)
         self._signer = Signer(identity, credentials, tiers=tuple(tiers), profile=profile)
