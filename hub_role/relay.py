@@ -31,6 +31,7 @@ class Envelope:
     priority: Priority
     data: bytes  # the encoded HUB_RELAY frame, forwarded byte for byte
     queued_at: float
+    tier: str | None = None  # the tier its update is for: fanned out only to its replicas
 
 
 @dataclass(slots=True)

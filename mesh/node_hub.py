@@ -52,6 +52,7 @@ class HubRole:
     _links: set[str]
     _now: float
     _last_sent: dict[str, float]
+    _peer_tiers: dict[str, tuple[str, ...]]
     _seen: OrderedDict[bytes, bool]
     _outbox: Outbox
     _router: HubRouter | None
@@ -159,7 +160,7 @@ class HubRole:
                 router.counters.relayed_sent += 1
                 router.stats.on_batch(message.tier, message.items, relayed=True)
                 if hub_id is None:  # we are the hub: fan our own update out by priority
-                    return self._queue_relay(envelope, priority)
+                    return self._queue_relay(envelope, priority, message.tier)
                 router.track(hub_id, message, priority, flags, self._now)
                 return [self._send(hub_id, envelope, priority)]
         peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
@@ -170,15 +171,16 @@ class HubRole:
             router.counters.hub_notified += 1
         return self._send_sync(peers, message, priority, flags)
 
-    def _queue_relay(self, envelope: HubRelay, priority: Priority) -> list[Effect]:
+    def _queue_relay(self, envelope: HubRelay, priority: Priority, tier: str) -> list[Effect]:
         """As the hub: queue an envelope for fan-out (RELAYED), then send what is due."""
         router = self._hub_router()
         outer = encode_message(
             envelope, priority=priority, timestamp_ns=int(self._now * 1e9), flags=Flags.RELAYED
         )
-        queued = router.queue.push(Envelope(envelope.origin, priority, outer, self._now), self._now)
-        if not queued:  # queue full: fan out at once rather than lose or delay it unbounded
-            return self._fan_out([Envelope(envelope.origin, priority, outer, self._now)])
+        queued = Envelope(envelope.origin, priority, outer, self._now, tier)
+        if not router.queue.push(queued, self._now):
+            # Queue full: fan out at once rather than lose or delay it unbounded.
+            return self._fan_out([queued])
         return self._drain_relay()
 
     def _drain_relay(self, *, everything: bool = False) -> list[Effect]:
@@ -195,9 +197,14 @@ class HubRole:
             effects.extend(
                 self._count(Send(peer, envelope.data, envelope.priority))
                 for peer in sorted(self._links)
-                if peer != envelope.origin
+                if peer != envelope.origin and self._replicates(peer, envelope.tier)
             )
         return effects
+
+    def _replicates(self, peer_id: str, tier: str | None) -> bool:
+        """True unless `peer_id` told us (HELLO) it does not replicate `tier`."""
+        theirs = self._peer_tiers.get(peer_id)
+        return tier is None or theirs is None or tier in theirs
 
     def _on_relay(self, peer_id: str, envelope: HubRelay) -> list[Effect]:
         """Verify a relayed frame against its origin's key, apply it, and fan out if hub."""
@@ -215,7 +222,7 @@ class HubRole:
         if self._seen.get(inner.batch_id) and not inner_frame.flags & Flags.REQUIRES_ACK:
             effects.append(self._send(envelope.origin, SyncAck(inner.batch_id, self.node_id)))
         if fresh and router.is_hub:
-            effects.extend(self._queue_relay(envelope, inner_frame.priority))
+            effects.extend(self._queue_relay(envelope, inner_frame.priority, inner.tier))
         elif fresh:
             effects.extend(self._forward(peer_id, inner, envelope.frame, inner_frame.priority))
         return effects

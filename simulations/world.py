@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -144,6 +144,7 @@ class World:
         self.hub_role = hub_role
         self.keyring: dict[str, bytes] = {}
         self.keyless: set[str] = set()  # with hub_role: nodes booted without a key
+        self.tiers_of: dict[str, tuple[str, ...]] = {}  # nodes replicating fewer tiers
         self._verifier = Ed25519Verifier(self.keyring)
         self.now = 0.0
         self.rng = random.Random(f"world-{seed}")
@@ -208,9 +209,12 @@ class World:
             seed = hashlib.sha256(f"sim-key-{self.seed}-{node_id}".encode()).digest()
             signer = Ed25519Signer(seed)
             self.keyring[node_id] = signer.public_key
+        config = self.config
+        if node_id in self.tiers_of:
+            config = replace(config, tiers=self.tiers_of[node_id])
         return Node(
             memory,
-            self.config,
+            config,
             rng,
             incarnation=incarnation,
             signer=signer,

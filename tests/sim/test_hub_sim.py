@@ -297,3 +297,29 @@ def test_a_higher_ranked_newcomer_learns_of_the_hub_and_follows_it() -> None:
     assert the_hub(world) == "n005"
     assert {s.node.hub.term for s in world.live() if s.node.hub is not None} == terms
     assert world.nodes["n900"].node.hub is not None
+
+
+def test_the_hub_fans_a_tier_out_only_to_nodes_that_replicate_it() -> None:
+    world = World(5, config=LAN, discovery="burst", hub_role=True)
+    world.tiers_of["n000"] = ("L1",)  # a phone keeping only working memory
+    for i in range(6):
+        world.add_node(f"n{i:03d}")
+    world.run_until(3.0)
+    assert the_hub(world) == "n005"
+    phone = world.nodes["n000"].node
+    received: list[int] = []
+    handle = phone.handle
+
+    def spy(event: object, now: float) -> list[object]:
+        if isinstance(event, FrameReceived) and event.peer_id == "n005":
+            received.append(int.from_bytes(event.data[8:10], "big"))
+        return handle(event, now)  # type: ignore[arg-type]
+
+    phone.handle = spy  # type: ignore[method-assign]
+    world.write("n001", [NewItem("L3", "fact", "l3-fact")], ack=AckLevel.HUB)
+    world.run_until(4.0)
+    assert "l3-fact" in world.nodes["n002"].node.memory
+    assert 0x0202 not in received  # no HUB_RELAY of an L3 batch to a node without L3
+    world.write("n001", [NewItem("L1", "note", "l1-note")], ack=AckLevel.HUB)
+    world.run_until(5.0)
+    assert 0x0202 in received and "l1-note" in phone.memory
