@@ -19,22 +19,15 @@ import argparse
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import Progress, figure
-from bench.net import DaemonChild, Run, _node_dirs, _stop_all, _wait
+from bench.net import DaemonChild, Run, _node_dirs, _stop_all, _wait, netlab
 from simulations.runner import run as run_scenario
 from simulations.scenarios import make_params
-
-try:
-    from tests import netlab
-except ModuleNotFoundError:  # tests/ is not a package: import netlab.py from its folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import netlab  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 DESCRIPTION = (
     "hub role: links per node and relay throughput for 5 and 10 daemons in namespaces "
