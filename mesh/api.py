@@ -27,6 +27,7 @@ from crdt.search import SearchHit
 from mesh.committer import GroupCommitter
 from mesh.effects import WriteAcked
 from mesh.frames import Priority
+from mesh.gc_pause import cyclic_gc_paused
 from mesh.identity import NodeIdentity
 from mesh.inputs import AckLevel, WriteRequested
 from mesh.leases import LeaseRequest
@@ -245,7 +246,8 @@ class Mesh:
                 puts=tuple(requests), priority=priority, ack=ack, timeout_s=timeout_s
             )
             return list(acked.items)
-        change = self.memory.put_many(requests, wall_ms())
+        with cyclic_gc_paused():
+            change = self.memory.put_many(requests, wall_ms())
         await self._commit(change)
         return list(change.items)
 

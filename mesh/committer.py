@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from crdt.events import MemoryEvent
 from crdt.memory import Change
 from mesh.store import SqliteStore
 
@@ -67,7 +68,9 @@ class GroupCommitter:
         waiter: asyncio.Future[None] = loop.create_future()
         self._queue.append(_Pending(change, [waiter]))
         if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush_loop())
+            # Hand the first batch to the store thread now, not when the flush task first
+            # runs: the caller may build its next change meanwhile (Mesh.put_batches).
+            self._flushing = asyncio.create_task(self._flush_loop(self._start_write()))
         await waiter
 
     async def flush(self) -> None:
@@ -75,14 +78,19 @@ class GroupCommitter:
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
 
-    async def _flush_loop(self) -> None:
+    def _start_write(self) -> tuple[list[_Pending], asyncio.Future[None]]:
+        """Take the backlog and the next queued changes; start writing them on the thread."""
+        batch = self._backlog + self._queue[: self._max_batch]
+        self._queue = self._queue[self._max_batch :]
+        self._backlog = []
         loop = asyncio.get_running_loop()
-        while self._queue:
-            batch = self._backlog + self._queue[: self._max_batch]
-            self._queue = self._queue[self._max_batch :]
-            self._backlog = []
+        return batch, loop.run_in_executor(self._executor, _write_batch, self._store, batch)
+
+    async def _flush_loop(self, started: tuple[list[_Pending], asyncio.Future[None]]) -> None:
+        batch, writing = started
+        while True:
             try:
-                await loop.run_in_executor(self._executor, _write_batch, self._store, batch)
+                await writing
             except Exception as exc:
                 # Keep the updates for the next attempt; tell only this batch's writers.
                 self._backlog = [_Pending(p.change) for p in batch]
@@ -90,13 +98,16 @@ class GroupCommitter:
                     for waiter in pending.waiters:
                         if not waiter.done():
                             waiter.set_exception(exc)
-                continue
-            self.commits += 1
-            self.changes_committed += len(batch)
-            for pending in batch:
-                for waiter in pending.waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            else:
+                self.commits += 1
+                self.changes_committed += len(batch)
+                for pending in batch:
+                    for waiter in pending.waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+            if not self._queue:
+                return
+            batch, writing = self._start_write()
 
     async def close(self) -> None:
         """Flush, retry any backlog once, then stop the worker thread."""
@@ -115,7 +126,7 @@ def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:
     for pending in batch:
         change = pending.change
         updates.extend(change.updates)
-        events.extend((event.seq, event.to_json_text()) for event in change.events)
+        events.extend(MemoryEvent.json_rows(change.events))
         if change.ceiling_ms is not None:
             ceiling = max(change.ceiling_ms, int(meta.get("hlc_ceiling_ms", "0")))
             meta["hlc_ceiling_ms"] = str(ceiling)

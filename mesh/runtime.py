@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from mesh.effects import (
     WriteFailed,
 )
 from mesh.frames import Priority
+from mesh.gc_pause import cyclic_gc_paused
 from mesh.inputs import FrameReceived, Input, LinkDown, LinkUp, PeerFound, PeerLost, Tick
 from mesh.node import Node
 from mesh.ports import Transport
@@ -155,17 +155,9 @@ class NodeRuntime:
         """Hand an input to the node now and queue its effects (never blocks)."""
         if self._closed:
             return
-        if gc.isenabled():
-            # One input is bounded work (at most one sync slice, ~1,000 items), but it makes
-            # tens of thousands of objects: the cyclic collector would run dozens of times
-            # inside it, and its full passes walk the whole replica (a fifth of a 100k-item
-            # initial sync). Paused here, it collects what the input made once, afterwards.
-            gc.disable()
-            try:
-                effects = self.node.handle(event, self._clock())
-            finally:
-                gc.enable()
-        else:
+        # One input is bounded work (at most one sync slice, ~1,000 items) that makes tens of
+        # thousands of objects; the collector's full passes would walk the whole replica.
+        with cyclic_gc_paused():
             effects = self.node.handle(event, self._clock())
         if effects:
             self._queue.put_nowait(effects)

@@ -254,9 +254,12 @@ class SqliteStore:
     ) -> None:
         """Durably append updates, upsert events and meta in one transaction, or write nothing."""
         update_rows = [(_typed(tier, str, "tier"), _blob(data, "update")) for tier, data in updates]
-        event_rows = [
-            (_typed(seq, int, "event seq"), _typed(body, str, "event body")) for seq, body in events
-        ]
+        event_rows = list(events)
+        if not all(type(seq) is int and type(body) is str for seq, body in event_rows):
+            event_rows = [
+                (_typed(seq, int, "event seq"), _typed(body, str, "event body"))
+                for seq, body in event_rows
+            ]
         meta_rows = [
             (_typed(k, str, "meta key"), _typed(v, str, "meta value"))
             for k, v in (meta or {}).items()

@@ -8,7 +8,8 @@ import weakref
 import pytest
 
 import simulations.runner as runner_module
-from simulations.runner import Runner, cyclic_gc_paused, run
+from mesh.gc_pause import cyclic_gc_paused
+from simulations.runner import Runner, run
 from simulations.scenarios import make_params
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mesh.committer as committer_module
 from crdt.errors import InvalidItemError
-from crdt.memory import NewItem
+from crdt.memory import Change, NewItem, TieredMemory
 from mesh.api import Mesh
+from mesh.store import SqliteStore
 
 
 def batch(start: int, count: int) -> list[NewItem]:
@@ -46,3 +51,33 @@ async def test_in_flight_must_be_positive(tmp_path: Path) -> None:
     async with Mesh.open(tmp_path / "n") as mesh:
         with pytest.raises(ValueError, match="in_flight"):
             await mesh.put_batches([batch(0, 1)], in_flight=0)
+
+
+async def test_the_next_batch_is_built_while_the_previous_one_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold each commit on the store thread until the following batch has been built: this
+    # finishes only if a batch's write starts before the caller builds the next batch.
+    built = [threading.Event() for _ in range(4)]
+    writing: list[int] = []
+    build = TieredMemory.put_many
+    write = committer_module._write_batch
+
+    def put_many(self: TieredMemory, requests: Sequence[NewItem], now_ms: int) -> Change:
+        change = build(self, requests, now_ms)
+        built[int(requests[0].id.split("-")[1]) // 10].set()
+        return change
+
+    def write_batch(store: SqliteStore, batch: Sequence[Any]) -> None:
+        index = len(writing)
+        writing.append(len(batch))
+        if index + 1 < len(built):
+            assert built[index + 1].wait(timeout=10), "the next batch was not built meanwhile"
+        write(store, batch)
+
+    async with Mesh.open(tmp_path / "n") as mesh:
+        monkeypatch.setattr(TieredMemory, "put_many", put_many)
+        monkeypatch.setattr(committer_module, "_write_batch", write_batch)
+        stored = await mesh.put_batches((batch(i * 10, 10) for i in range(4)), in_flight=2)
+    assert stored == 40
+    assert writing == [1, 1, 1, 1]  # one change per write: each started as soon as it came

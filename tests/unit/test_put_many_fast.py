@@ -580,6 +580,30 @@ def test_event_json_text_is_json_dumps(
 
 @settings(max_examples=100, deadline=None)
 @given(
+    batch=st.lists(
+        st.tuples(
+            event_fields,
+            st.integers(1, 2**70),
+            st.sampled_from(list(EventKind)),
+            st.sampled_from(["local", "remote"]),
+            st.one_of(st.just({}), st.dictionaries(st.text(max_size=3), st.integers())),
+        ),
+        max_size=8,
+    )
+)
+def test_event_json_rows_are_each_events_json_text(
+    batch: list[tuple[tuple[str, int, str, str, str], int, EventKind, str, dict[str, object]]],
+) -> None:
+    events = [
+        MemoryEvent(seq, hlc, wall_ms, tier, item_id, kind, origin, author, detail)
+        for (hlc, wall_ms, tier, item_id, author), seq, kind, origin, detail in batch
+    ]
+    rows = MemoryEvent.json_rows(events)
+    assert rows == [(event.seq, event.to_json_text()) for event in events]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
     entries=st.lists(
         st.tuples(
             st.sampled_from(["a", "b", "c", "d", "\u00e9", "x" * 40]),
