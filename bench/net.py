@@ -73,6 +73,7 @@ TIER = "L3"  # the initial-sync tier (i8 codec in the standard profile)
 STARTUP_S = 300.0
 SYNC_TIMEOUT_S = 900.0
 STALL_S = 30.0
+ARRIVAL_POLL_DELAY_S = 0.01  # between asking B whether a latency probe has arrived
 BATCHED = int(Flags.BATCHED)
 
 
@@ -605,6 +606,9 @@ def measure_latency(
         _put_cli(a, item, priority)
         returned = time.time_ns()
         deadline = time.monotonic() + 10.0
+        # B stamps the arrival itself, so asking it later changes no figure; asking while
+        # the write is under way would make B's loop serve the trace instead of the frame.
+        time.sleep(ARRIVAL_POLL_DELAY_S)
         while True:
             reply = b.trace()
             b_records.extend(reply["records"])
@@ -612,7 +616,7 @@ def measure_latency(
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{item} did not arrive on B within 10 s")
-            time.sleep(0.002)
+            time.sleep(ARRIVAL_POLL_DELAY_S)
         if i >= sizes.latency_warmup:
             samples.append((item, t0, returned))
         time.sleep(0.01)

@@ -4,7 +4,7 @@ Every input goes through `submit`, which calls `Node.handle` and queues the effe
 executor task carries them out strictly in order; a `Persist` is committed before any
 later effect runs, so nothing is acknowledged before it is durable. The one exception:
 urgent (CRITICAL/EMERGENCY) Sends of a change with no new HLC ceiling go out while its
-commit runs (`_send_urgent_during_commit` says why that loses nothing acknowledged).
+commit starts (`_send_urgent_during_commit` says why that loses nothing acknowledged).
 """
 
 from __future__ import annotations
@@ -222,9 +222,11 @@ class NodeRuntime:
                 continue
             self.stats.effects_run += 1
             if isinstance(effect, Persist):
-                commit = asyncio.ensure_future(self._committer.commit(effect.change))
+                # Urgent sends first: aiortc flushes a send in a task of its own, which then
+                # runs before the commit's task instead of after it.
                 if effect.change.ceiling_ms is None:
                     early |= self._send_urgent_during_commit(effects, index)
+                commit = asyncio.ensure_future(self._committer.commit(effect.change))
                 try:
                     await commit
                 except Exception as exc:  # a full disk: nothing after it may run
@@ -251,7 +253,7 @@ class NodeRuntime:
                 log.log(level, "%s %s", effect.message, effect.fields)
 
     def _send_urgent_during_commit(self, effects: list[Effect], persist: int) -> set[int]:
-        """Make the urgent Sends after `effects[persist]` (up to the next Persist) now.
+        """Make the urgent Sends after `effects[persist]` (up to the next Persist) now, uncommitted.
 
         Durability holds: WriteAcked and every other effect still wait for the commit. A
         crash after such a send but before the commit loses nothing acknowledged; the peers
