@@ -27,6 +27,11 @@ _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)",
 )
+_INSERT_EVENT = "INSERT OR REPLACE INTO events(seq, body) VALUES (?, ?)"
+_EVENT_ROWS_PER_STATEMENT = 200  # 400 parameters, well under SQLite's limit of 32,766
+_INSERT_EVENT_ROWS = "INSERT OR REPLACE INTO events(seq, body) VALUES " + ", ".join(
+    ["(?, ?)"] * _EVENT_ROWS_PER_STATEMENT
+)
 
 _T = TypeVar("_T")
 
@@ -129,6 +134,20 @@ def _blob(value: object, what: str) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"{what} data must be bytes, not {type(value).__name__}")
     return bytes(value)
+
+
+def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
+    """Upsert event rows (a later row for a seq wins), up to 200 rows per statement."""
+    # sqlite3 releases and retakes the GIL around every step. One step per row made the
+    # store thread wait for the GIL 1,000 times per batch while the loop built the next one.
+    per = _EVENT_ROWS_PER_STATEMENT
+    whole = len(rows) - len(rows) % per
+    for start in range(0, whole, per):
+        conn.execute(
+            _INSERT_EVENT_ROWS, [value for row in rows[start : start + per] for value in row]
+        )
+    if whole < len(rows):
+        conn.executemany(_INSERT_EVENT, rows[whole:])
 
 
 def _create_private_file(path: Path) -> None:
@@ -271,9 +290,7 @@ class SqliteStore:
             if update_rows:
                 conn.executemany("INSERT INTO updates(tier, data) VALUES (?, ?)", update_rows)
             if event_rows:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO events(seq, body) VALUES (?, ?)", event_rows
-                )
+                _insert_events(conn, event_rows)
             if meta_rows:
                 conn.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?)"

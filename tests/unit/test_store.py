@@ -176,6 +176,21 @@ def test_meta_upsert_persists(tmp_path: Path) -> None:
         assert store.get_meta("hlc") == "2"
 
 
+@pytest.mark.parametrize("count", [199, 200, 201, 450])
+def test_a_large_batch_of_events_is_stored_whole_and_a_later_row_wins(
+    tmp_path: Path, count: int
+) -> None:
+    rows = [(seq, f'{{"n": {seq}}}') for seq in range(1, count + 1)]
+    rows.insert(count // 2, (count, '{"n": "early"}'))  # replaced by the last row
+    rows.append((3, '{"n": "late"}'))  # replaces the third
+    with SqliteStore.open(tmp_path) as store:
+        store.commit(events=rows)
+        stored = store.events_since(0)
+    expected = {seq: body for seq, body in rows}
+    assert stored == sorted(expected.items())
+    assert dict(stored)[3] == '{"n": "late"}' and dict(stored)[count] == f'{{"n": {count}}}'
+
+
 def test_events_since_and_trim(tmp_path: Path) -> None:
     with SqliteStore.open(tmp_path) as store:
         store.commit(events=[(seq, f'{{"n": {seq}}}') for seq in range(1, 11)])
