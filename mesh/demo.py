@@ -2,14 +2,17 @@
 
 Each node is a separate `memmesh run` process with its own data directory. They discover
 each other over mDNS, prove they belong to the same mesh, connect over WebRTC data
-channels, elect a hub and replicate memories; the hub is stopped, the two others elect a
-new one and go on replicating; then the demo stops them cleanly.
+channels, elect a hub and replicate memories (with embeddings, searched on another node);
+the hub is stopped, the two others elect a new one and go on replicating; then the demo
+stops them cleanly.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -20,10 +23,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from mesh.control import call, daemon_running
 from mesh.joining import init_node, token_for
+from mesh.profiles import SETTINGS, Profile
 
 NAMES = ("laptop", "phone", "server")
+TOY_DIM = 256
+
+
+def toy_embedding(text: str, dim: int = TOY_DIM) -> npt.NDArray[np.float32]:
+    """Return a deterministic bag-of-words vector: a stand-in for a real embedding model."""
+    vector = np.zeros(dim, dtype=np.float32)
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vector[int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % dim] += 1.0
+    return vector
+
+
+def _embedding_file(root: Path, name: str, text: str) -> str:
+    path = root / f"{name}.npy"
+    np.save(path, toy_embedding(text))
+    return str(path)
 
 
 def lan_address() -> str:
@@ -46,7 +68,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _cli(data_dir: Path, *argv: str) -> dict[str, Any]:
+def _cli(data_dir: Path, *argv: str) -> Any:
     reply = call(data_dir, "cli", argv=[argv[0], "--data-dir", str(data_dir), *argv[1:]])
     if reply.get("error"):
         raise RuntimeError(reply["error"])
@@ -140,9 +162,15 @@ def run_demo(*, keep: bool = False) -> int:
             ("L2", "ep-review", "design review on tuesday approved the sync plan"),
             ("L3", "fact-yjs", "yjs documents converge without a central server"),
         ]
+        print("  (each carries an embedding; a toy bag-of-words one stands in for a model)")
         for tier, item_id, content in memories:
             started = time.monotonic()
-            _cli(dirs["laptop"], "put", "--tier", tier, "--id", item_id, "--content", content)
+            vector = _embedding_file(root, item_id, content)
+            _cli(
+                dirs["laptop"],
+                *("put", "--tier", tier, "--id", item_id, "--content", content),
+                *("--embedding-file", vector),
+            )
             for name in NAMES[1:]:
                 _wait(f"{item_id} on {name}", functools.partial(_has, dirs[name], item_id), 20)
             print(
@@ -176,8 +204,19 @@ def run_demo(*, keep: bool = False) -> int:
             digest = status["tiers"]["L1"]["digest"][:12]
             print(f"  {name:<6} {counts}  L1 digest {digest}")
 
+        question = "which tea does the user like?"
+        print(f"\n== 8. Search by meaning on the server: {question!r}")
+        profile = Profile(call(dirs["laptop"], "status")["profile"])
+        l3_codec = SETTINGS[profile].l3_codec.value
+        print(f"  (embeddings replicate in their tier's codec; the laptop's {profile} profile:")
+        print(f"   L1 f32, L2 f16, L3 {l3_codec}; the search runs on the server's own copy)")
+        query = _embedding_file(root, "query", question)
+        hits = _cli(dirs["server"], "search", "--embedding-file", query, "-k", "3", "--json")
+        for hit in hits:
+            print(f"    {hit['score']:.3f}  {hit['tier']}/{hit['id']}: {hit.get('content', '')!r}")
+
         old_hub = names[hub["id"]]
-        print(f"\n== 8. Failover: stop the hub ({old_hub}); the others elect a new one")
+        print(f"\n== 9. Failover: stop the hub ({old_hub}); the others elect a new one")
         started = time.monotonic()
         processes[old_hub].send_signal(signal.SIGTERM)
         processes[old_hub].wait(timeout=20)
@@ -214,7 +253,7 @@ def run_demo(*, keep: bool = False) -> int:
         return 1
     finally:
         if processes:
-            print("\n== 9. Stop the daemons (SIGTERM: flush and close)")
+            print("\n== 10. Stop the daemons (SIGTERM: flush and close)")
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
