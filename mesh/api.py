@@ -32,7 +32,7 @@ from mesh.identity import NodeIdentity
 from mesh.inputs import AckLevel, WriteRequested
 from mesh.leases import LeaseRequest
 from mesh.leases import release as release_lease
-from mesh.store import SqliteStore
+from mesh.store import SqliteStore, StoreCorruptError, StoreError
 
 if TYPE_CHECKING:
     from mesh.runtime import NodeRuntime
@@ -111,7 +111,21 @@ class Mesh:
         await self._commit(collected)
 
     def _load(self, store: SqliteStore) -> TieredMemory:
-        """Build the memory core from the store (runs on the store thread)."""
+        """Build the memory core from the store (runs on the store thread).
+
+        Raises StoreCorruptError naming the file if what the database holds cannot be read
+        (metadata, events, update rows); nothing is written then.
+        """
+        try:
+            return self._load_from(store)
+        except StoreError:
+            raise
+        except (ValueError, TypeError) as exc:  # includes CorruptUpdateError, JSON errors
+            raise StoreCorruptError(
+                f"{store.path}: cannot load the node's state, left as is: {exc}"
+            ) from exc
+
+    def _load_from(self, store: SqliteStore) -> TieredMemory:
         assert self._identity is not None
         used = set(json.loads(store.get_meta(_USED_CLIENT_IDS) or "[]"))
         client_ids: dict[str, int] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -24,12 +25,17 @@ from mesh.api import Mesh
 from mesh.cli_net import add_network_commands, via_daemon
 from mesh.frames import Priority
 from mesh.hub_cli import add_hub_commands
-from mesh.identity import IdentityError
+from mesh.identity import KEY_FILENAME, IdentityError
 from mesh.inputs import AckLevel
-from mesh.store import StoreError
+from mesh.joining import MESH_FILE, SetupError, load_setup
+from mesh.store import DB_FILENAME, StoreError
 
 EXIT_ERROR = 1
 NETWORK_COMMANDS = frozenset({"init", "token", "run", "peers", "demo", "stats", "lease", "release"})
+# Commands that only make sense on an existing node: a mistyped --data-dir must not create one.
+EXISTING_NODE_COMMANDS = frozenset(
+    {"get", "delete", "move", "search", "events", "export", "status", "compact"}
+)
 
 
 class CliError(Exception):
@@ -191,9 +197,28 @@ async def cmd_import(mesh: Mesh, args: argparse.Namespace) -> None:
     print(f"imported into {args.tier}: {changed} items changed", file=args.out)
 
 
+def _offline_status(mesh: Mesh) -> dict[str, Any]:
+    """Return `status` without a daemon: the daemon's keys too, with their offline values."""
+    mesh_id = None
+    if (mesh.data_dir / MESH_FILE).exists():
+        with contextlib.suppress(SetupError, OSError):
+            mesh_id = load_setup(mesh.data_dir).credentials.mesh_id
+    return {
+        **mesh.status(),
+        "daemon": False,
+        "mesh_id": mesh_id,
+        "profile": None,
+        "replicated_tiers": None,
+        "peers": 0,
+        "members": 0,
+        "hub": None,
+        "is_hub": False,
+    }
+
+
 async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
     """Print the node's id, tiers, counts and digests (and the mesh's, under a daemon)."""
-    status = (getattr(args, "daemon", None) or {}).get("status") or mesh.status()
+    status = (getattr(args, "daemon", None) or {}).get("status") or _offline_status(mesh)
     if args.json:
         _print_json(status, args.out)
         return
@@ -201,7 +226,9 @@ async def cmd_status(mesh: Mesh, args: argparse.Namespace) -> None:
     for tier, info in status["tiers"].items():
         print(f"  {tier}: {info['items']:>8} items  digest {info['digest'][:16]}", file=args.out)
     print(f"  conflicts: {status['conflicts']}", file=args.out)
-    if "mesh_id" in status:
+    if not status["daemon"]:
+        print(f"  mesh {status['mesh_id'] or '-'}  (no daemon running)", file=args.out)
+    else:
         print(
             f"  mesh {status['mesh_id']}  profile {status['profile']}  "
             f"peers {status['peers']}  hub {_hub_text(status.get('hub'))}",
@@ -362,6 +389,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     )
 
 
+def _require_node(data_dir: Path) -> None:
+    """Raise CliError unless `data_dir` holds a node (its key or its database)."""
+    if not ((data_dir / DB_FILENAME).exists() or (data_dir / KEY_FILENAME).exists()):
+        raise CliError(
+            f"{data_dir}: no memmesh node here; create one with "
+            f"`memmesh init --data-dir {data_dir}` or a first `memmesh put`"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -375,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if getattr(args, "direct", False):
             return int(args.handler(args))
+        if args.command in EXISTING_NODE_COMMANDS:
+            _require_node(Path(args.data_dir))
         remote = via_daemon(args, argv)
         if remote is not None:
             return remote

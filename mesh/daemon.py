@@ -228,6 +228,7 @@ class Daemon:
         assert mesh is not None and setup is not None and runtime is not None
         status = mesh.status()
         status.update(
+            daemon=True,
             mesh_id=setup.credentials.mesh_id,
             profile=self.profile.value,
             replicated_tiers=list(runtime.node.config.tiers),
