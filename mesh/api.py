@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 COMPACT_AFTER_ROWS = 2_000
 _USED_CLIENT_IDS = "yjs_client_ids_used"
+# Yjs client ids of the latest opens, oldest first. An id whose updates were committed
+# needs no entry: it is in the tier's state vector, and yrs continues its clock. The list
+# covers an id whose updates left the process (an urgent send) before a crash lost them,
+# until peers return them; 1,000 opens is ample for that and keeps every open cheap.
+_USED_CLIENT_IDS_KEPT = 3_000
 
 
 def wall_ms() -> int:
@@ -127,14 +132,17 @@ class Mesh:
 
     def _load_from(self, store: SqliteStore) -> TieredMemory:
         assert self._identity is not None
-        used = set(json.loads(store.get_meta(_USED_CLIENT_IDS) or "[]"))
+        recent: list[int] = json.loads(store.get_meta(_USED_CLIENT_IDS) or "[]")
+        if type(recent) is not list or not all(type(c) is int for c in recent):
+            raise ValueError(f"meta {_USED_CLIENT_IDS!r} is not a list of Yjs client ids")
+        used = set(recent)
         client_ids: dict[str, int] = {}
         for tier in self.config.tiers:
             client_id = secrets.randbits(32)
             while client_id in used or client_id in client_ids.values():
                 client_id = secrets.randbits(32)
             client_ids[tier] = client_id
-        used.update(client_ids.values())
+        recent = [*recent, *client_ids.values()][-_USED_CLIENT_IDS_KEPT:]
         ceiling = int(store.get_meta("hlc_ceiling_ms") or "0")
         clock = HybridLogicalClock(
             max_drift_ms=self.config.max_clock_drift_ms,
@@ -164,7 +172,7 @@ class Mesh:
         # Persist the new client ids and the clock ceiling before any write can use them.
         store.commit(
             meta={
-                _USED_CLIENT_IDS: json.dumps(sorted(used)),
+                _USED_CLIENT_IDS: json.dumps(recent),
                 "hlc_ceiling_ms": str(max(ceiling, clock.ceiling)),
                 "node_id": self._identity.node_id,
             }
