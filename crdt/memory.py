@@ -18,7 +18,13 @@ import numpy as np
 from crdt.cache import EmbeddingReducer, LruCache
 from crdt.codecs import FloatVector, as_vector
 from crdt.config import MemoryConfig
-from crdt.errors import ClockDriftError, CorruptRecordError, InvalidItemError, ItemNotFoundError
+from crdt.errors import (
+    ClockDriftError,
+    CorruptRecordError,
+    InvalidItemError,
+    ItemNotFoundError,
+    UnknownTierError,
+)
 from crdt.events import EventKind, EventLog, MemoryEvent
 from crdt.hlc import HybridLogicalClock, Timestamp
 from crdt.item import (
@@ -599,8 +605,11 @@ class TieredMemory:
         vec = as_vector(query, max_dim=self.config.limits.max_dim)
         chosen = tuple(tiers) if tiers is not None else self.tiers
         for tier in chosen:
-            if tier != L0:
-                check_tier(tier, self._tiers)
+            if tier != L0 and tier not in self._tiers:
+                raise UnknownTierError(
+                    f"unknown tier {tier!r}; expected {L0} (the local cache) or one of "
+                    f"{', '.join(self._tiers)}"
+                )
         hits = []
         replicated = [t for t in chosen if t != L0]
         if replicated:

@@ -159,6 +159,8 @@ async def test_move_round_trip(tmp_path: Path) -> None:
         assert [(t.tier, t.moved_to) for t in tombs] == [("L1", "L3")]
         assert [h.item_id for h in await node.search(vec(3), tiers=["L3"])] == ["m"]
         assert await node.search(vec(3), tiers=["L1"]) == []
+        with pytest.raises(UnknownTierError, match=r"L0 \(the local cache\) or one of L1, L2, L3"):
+            await node.search(vec(3), tiers=["L9"])
         # Moving to the tier it is in changes nothing.
         same = await node.move("m", "L3")
         assert same.updated == moved.updated
