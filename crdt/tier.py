@@ -18,6 +18,7 @@ from typing import Any
 from pycrdt import Doc, Map, merge_updates
 
 from crdt.item import ITEM_ID_PATTERN
+from crdt.yslice import check_update
 from crdt.ywire import WireFormatError, decode_state_vector, single_client_start
 
 KEY_SEP = "/"
@@ -162,6 +163,7 @@ class TierDoc:
         that are not a Yjs update; the document is then unchanged.
         """
         try:
+            check_update(update)  # before yrs: it would crash on values nested thousands deep
             head = single_client_start(update)
         except WireFormatError as exc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None

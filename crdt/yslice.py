@@ -21,6 +21,7 @@ _EMPTY_DELETE_SET = b"\x00"
 _GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
 _XML_ELEMENT, _XML_HOOK = 3, 5  # type refs that carry a name
 _ANY_STRING = 119
+MAX_ANY_DEPTH = 32  # nesting of lib0 `any` arrays/objects accepted in a value
 _Deps = tuple[tuple[int, int], ...]  # (client, clock) of origins in other clients
 
 
@@ -125,6 +126,21 @@ def plan_slices(update: bytes, max_bytes: int, known: dict[int, int] | None = No
     return SlicePlan(update, tuple(parts), tuple(groups), update[pos:])
 
 
+def check_update(update: bytes) -> None:
+    """Raise WireFormatError unless `update`'s structs parse, values nested at most 32 deep.
+
+    Run on every remote update before yrs sees it: yrs decodes nested values recursively,
+    so a small hostile update could otherwise crash the process.
+    """
+    count, pos = read_var_uint(update, 0)
+    for _ in range(count):
+        n_structs, pos = read_var_uint(update, pos)
+        client, pos = read_var_uint(update, pos)
+        _clock, pos = read_var_uint(update, pos)
+        for _ in range(n_structs):
+            _length, _deps, pos = _read_struct(update, pos, client)
+
+
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:
     count, pos = read_var_uint(data, 0)
     groups = []
@@ -213,15 +229,21 @@ def _read_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
     if ref == _ANY:
         count, pos = read_var_uint(data, pos)
         for _ in range(count):
-            pos = _skip_any(data, pos)
+            pos = _skip_any(data, pos, 0)
         return count, pos
     if ref == _DOC:
-        return 1, _skip_any(data, _skip_string(data, pos))
+        return 1, _skip_any(data, _skip_string(data, pos), 0)
     raise WireFormatError(f"unknown content ref {ref}")
 
 
-def _skip_any(data: bytes, pos: int) -> int:
-    """Return the position after one lib0 `any` value."""
+def _skip_any(data: bytes, pos: int, depth: int) -> int:
+    """Return the position after one lib0 `any` value nested `depth` deep.
+
+    Raises WireFormatError past MAX_ANY_DEPTH: yrs decodes such values recursively, and a
+    few hundred bytes nested ten thousand deep overflow its stack (a segfault).
+    """
+    if depth > MAX_ANY_DEPTH:
+        raise WireFormatError(f"value nested deeper than {MAX_ANY_DEPTH}")
     if pos >= len(data):
         raise WireFormatError("truncated value")
     tag = data[pos]
@@ -244,12 +266,12 @@ def _skip_any(data: bytes, pos: int) -> int:
     if tag == 118:  # object
         count, pos = read_var_uint(data, pos)
         for _ in range(count):
-            pos = _skip_any(data, _skip_string(data, pos))
+            pos = _skip_any(data, _skip_string(data, pos), depth + 1)
         return pos
     if tag == 117:  # array
         count, pos = read_var_uint(data, pos)
         for _ in range(count):
-            pos = _skip_any(data, pos)
+            pos = _skip_any(data, pos, depth + 1)
         return pos
     raise WireFormatError(f"unknown value tag {tag}")
 
