@@ -8,6 +8,7 @@ the same output and exit status as when they open the store directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import functools
 import io
@@ -176,11 +177,24 @@ def _daemon_parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
+def _parse_for_daemon(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a client's argv; a usage error or `-h` raises ValueError instead of exiting."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return _daemon_parser().parse_args(list(argv))
+    except SystemExit as exc:  # argparse exits on bad arguments and after printing help
+        if exc.code == 0:
+            raise ValueError("help (-h) is printed by the CLI itself, not by the daemon") from None
+        lines = err.getvalue().strip().splitlines()
+        raise ValueError(lines[-1] if lines else "invalid arguments") from None
+
+
 async def run_in_daemon(mesh: Any, argv: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
     """Run one CLI data command against the daemon's open Mesh; capture its output."""
     from mesh.cli import user_errors
 
-    args = _daemon_parser().parse_args(list(argv))
+    args = _parse_for_daemon(argv)
     if args.command not in DAEMON_AWARE:
         raise ValueError(f"`{args.command}` cannot run through the daemon")
     args.out = io.StringIO()

@@ -70,7 +70,7 @@ class ControlServer:
                         raise ValueError("a request is a JSON object")
                     result = await self._handler(request)
                     reply: dict[str, Any] = {"ok": True, "result": result}
-                except Exception as exc:  # every failure is reported, never crashes the daemon
+                except (Exception, SystemExit) as exc:  # reported; never stops the daemon
                     reply = {
                         "ok": False,
                         "error": str(exc) or type(exc).__name__,
