@@ -463,6 +463,8 @@ class Node(HubRole):
             return self._dispatch(peer_id, frame, message, data)
         except (FrameError, CorruptUpdateError, MemmeshError) as exc:
             return self._bad_frame(peer_id, str(exc))
+        except Exception as exc:  # a peer's frame must never take the node down
+            return self._bad_frame(peer_id, f"frame not handled: {type(exc).__name__}: {exc}")
 
     def _bad_frame(self, peer_id: str, reason: str) -> list[Effect]:
         self.counters.bad_frames += 1
@@ -489,6 +491,8 @@ class Node(HubRole):
         if isinstance(message, Digest):
             return self._on_digest(peer_id, message)
         if isinstance(message, SyncAck):
+            if message.node_id != peer_id:  # acks come straight from the node that committed
+                return self._bad_frame(peer_id, f"ack in the name of {message.node_id}")
             for (peer, tier), sliced in self._sliced_out.items():
                 if peer == peer_id and message.batch_id in sliced.in_flight:
                     sliced.in_flight.discard(message.batch_id)

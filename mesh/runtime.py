@@ -67,6 +67,8 @@ class RuntimeStats:
     persist_failures: int = 0
     connect_failures: int = 0
     frames_not_sent: int = 0
+    tick_failures: int = 0  # Node.handle(Tick) raised (a bug; logged with its traceback)
+    effect_failures: int = 0  # running a list of effects raised (likewise)
     last_sync: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
@@ -206,14 +208,22 @@ class NodeRuntime:
                     await self._wake.wait()
             deadline = self.node.next_deadline()
             if deadline is not None and self._clock() >= deadline:
-                self.submit(Tick())
+                try:
+                    self.submit(Tick())
+                except Exception:  # a bug must not stop every timer of the node for good
+                    self.stats.tick_failures += 1
+                    log.exception("Node.handle(Tick) failed; timers go on")
 
     async def _execute(self) -> None:
         while True:
             effects = await self._queue.get()
             if effects is None:
                 return
-            await self._run(effects)
+            try:
+                await self._run(effects)
+            except Exception:  # one failing effect must not stop every later one
+                self.stats.effect_failures += 1
+                log.exception("running %d effect(s) failed; the executor goes on", len(effects))
 
     async def _run(self, effects: list[Effect]) -> None:
         early: set[int] = set()  # indices of urgent Sends already made during a commit

@@ -525,6 +525,25 @@ def test_all_ack_waits_for_every_member_and_fails_when_one_never_answers() -> No
     assert "1 peer(s) confirmed" in failed[0].reason
 
 
+def test_an_ack_in_another_nodes_name_is_refused() -> None:
+    net, (a, _b, _c) = linked("a", "b", "c", config=NodeConfig.lan(**QUIET))
+    net.now = 1.0
+    net.muted.add("c")  # c never answers; b then answers in its name
+    written = net.do(
+        "a",
+        WriteRequested(
+            1, puts=[NewItem("L1", "v", "x")], ack=AckLevel.ALL, priority=Priority.CRITICAL
+        ),
+    )
+    (batch_id,) = {m.batch_id for m in syncs(written)}
+    net.settle()  # b's own ack arrives
+    bad_before = a.counters.bad_frames
+    effects = net.do("a", FrameReceived("b", encode_message(SyncAck(batch_id, "c"))))
+    assert not [e for e in effects if isinstance(e, WriteAcked)]
+    assert a.counters.bad_frames == bad_before + 1
+    assert len(a.acks) == 1  # still waiting for c itself
+
+
 def test_all_ack_completes_when_every_member_answers() -> None:
     net, (_a, _b, _c) = linked("a", "b", "c", config=NodeConfig.lan(**QUIET))
     net.do(
