@@ -25,6 +25,7 @@ __all__ = ["MemberInfo", "Membership", "MembershipChange", "Outgoing", "SwimConf
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
 DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 LIVE = (ALIVE, SUSPECT)
+MAX_INCARNATION = 2**64 - 1  # the wire's u64: an accusation there cannot be outbid
 
 
 def rank(state: MemberState, incarnation: int) -> tuple[bool, int, int]:
@@ -362,7 +363,9 @@ class Membership:
             return
         # Adopt a newer ALIVE (we restarted), outbid anything worse: both are max(), so
         # the outcome does not depend on the order the updates arrive in.
-        self.incarnation = up.incarnation + (up.state != ALIVE)
+        # Saturated, never past the wire's u64: a peer gossiping an accusation at the
+        # maximum would otherwise make every later PING/PING_ACK of ours unencodable.
+        self.incarnation = min(up.incarnation + (up.state != ALIVE), MAX_INCARNATION)
         self.refutations += up.state != ALIVE
         self._members[self.self_id] = MemberInfo(
             ALIVE, self.incarnation, "", self._members[self.self_id].since

@@ -51,6 +51,7 @@ from mesh.messages import (
     MemoryResponse,
     MemorySync,
     Message,
+    Ping,
     Resume,
     SyncAck,
     SyncKind,
@@ -1224,3 +1225,17 @@ def test_swim_ping_to_an_unlinked_dead_member_also_dials_it() -> None:
     assert pinged and dialled  # SWIM's probe of the dead member, and a link to carry it
     connects = [e for e in a.handle(Tick(), now + 0.1) if isinstance(e, Connect)]
     assert Connect("p25") not in connects  # one attempt at a time
+
+
+def test_an_accusation_at_the_largest_incarnation_does_not_break_the_node() -> None:
+    node = make_node("victim")
+    node.handle(LinkUp("evil"), 0.0)
+    node.handle(LinkUp("honest"), 0.0)
+    accusation = MemberUpdate("victim", MemberState.SUSPECT, 2**64 - 1, "")
+    node.handle(FrameReceived("evil", encode_message(Ping(1, (accusation,)))), 0.1)
+    assert node.membership.incarnation == 2**64 - 1  # saturated, still encodable
+    now = 0.2
+    for _ in range(40):  # its pings and acks still encode (they raised before)
+        for send in sends(node.handle(Tick(), now)):
+            message_of(send)
+        now += 0.1
