@@ -137,6 +137,10 @@ class Reassembler:
         state = self._transfers.get((peer_id, transfer_id))
         return 0 if state is None else state.next_missing
 
+    def holds(self, peer_id: str, transfer_id: bytes) -> bool:
+        """Return True while the transfer is open here (neither complete nor evicted)."""
+        return (peer_id, transfer_id) in self._transfers
+
     def progress(self, peer_id: str, transfer_id: bytes) -> tuple[int, int]:
         """Return (bytes received, total bytes) of a transfer; (0, 0) when unknown."""
         state = self._transfers.get((peer_id, transfer_id))

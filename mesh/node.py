@@ -634,6 +634,9 @@ class Node(HubRole):
             )
         else:
             self._incoming.pop(key, None)
+        if len(self._incoming) > len(self._reassembler):  # it evicted a transfer: follow it
+            holds = self._reassembler.holds
+            self._incoming = {k: v for k, v in self._incoming.items() if holds(*k)}
         return assembled
 
     def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:

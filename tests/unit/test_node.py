@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 
 from crdt.memory import NewItem, TieredMemory
+from mesh.chunking import DEFAULT_MAX_TRANSFERS
 from mesh.codec import decode_message, encode_message
 from mesh.config import NodeConfig
 from mesh.effects import (
@@ -43,6 +44,7 @@ from mesh.inputs import (
     WriteRequested,
 )
 from mesh.messages import (
+    Chunk,
     Digest,
     Hello,
     MemberState,
@@ -1239,3 +1241,18 @@ def test_an_accusation_at_the_largest_incarnation_does_not_break_the_node() -> N
         for send in sends(node.handle(Tick(), now)):
             message_of(send)
         now += 0.1
+
+
+def test_progress_of_evicted_transfers_is_forgotten() -> None:
+    node = make_node("victim")
+    node.handle(LinkUp("evil"), 0.0)
+    rng = random.Random(1)
+    for i in range(600):  # each opens a new two-piece transfer and never finishes it
+        transfer = rng.randbytes(16)
+        message = MemorySync(
+            transfer, f"src{i}", "*", "L1", SyncKind.UPDATE, b"x", 1, Chunk(transfer, 0, 2, 2)
+        )
+        frame = encode_message(message, flags=Flags.CHUNKED)
+        node.handle(FrameReceived("evil", frame), 1.0 + i * 1e-4)
+    assert len(node._reassembler) == DEFAULT_MAX_TRANSFERS  # the rest were evicted
+    assert len(node._incoming) == len(node.transfers()) == DEFAULT_MAX_TRANSFERS
