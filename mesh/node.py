@@ -597,7 +597,13 @@ class Node(HubRole):
                 router.counters.relayed_received += 1
             router.stats.on_batch(message.tier, message.items, relayed=not forward)
         if self.memory.tier_doc(message.tier).needs_sync and peer_id in self._links:
-            effects.append(self._step1(peer_id, message.tier))
+            # A gap this frame opened is repaired at once; an older one at most once per
+            # guard interval: an update held for a predecessor nobody has (a forged one)
+            # keeps needs_sync true, and a STEP1 per STEP2 would loop between two nodes.
+            new_gap = doc.held_updates > held or doc.gaps_dropped != dropped
+            sent = self._step1_sent.get((peer_id, message.tier))
+            if new_gap or sent is None or self._now - sent > self.config.step1_guard_s:
+                effects.append(self._step1(peer_id, message.tier))
         return effects
 
     def _track_slice(self, peer_id: str, frame: Frame, message: MemorySync) -> _SlicedIn | None:

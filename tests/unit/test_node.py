@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 import pytest
+from pycrdt import Doc, Map
 
 from crdt.memory import NewItem, TieredMemory
 from mesh.chunking import DEFAULT_MAX_TRANSFERS
@@ -1256,3 +1257,22 @@ def test_progress_of_evicted_transfers_is_forgotten() -> None:
         node.handle(FrameReceived("evil", frame), 1.0 + i * 1e-4)
     assert len(node._reassembler) == DEFAULT_MAX_TRANSFERS  # the rest were evicted
     assert len(node._incoming) == len(node.transfers()) == DEFAULT_MAX_TRANSFERS
+
+
+def test_an_update_whose_predecessor_nobody_has_does_not_start_a_sync_loop() -> None:
+    """Regression: held forever, it kept needs_sync true, and every STEP2 drew a STEP1."""
+    forger = Doc(client_id=999)
+    items = forger.get("items", type=Map)
+    with forger.transaction():
+        items["pre/w"] = "never sent"
+    seen = bytes(forger.get_state())
+    with forger.transaction():
+        items["gap/w"] = "held for good"
+    update = bytes(forger.get_update(seen))  # starts at clock 1: clock 0 exists nowhere
+    net, (a, b) = linked("a", "b")
+    mark = len(net.sent)
+    sync = MemorySync(bytes(16), "evil", "*", "L1", SyncKind.UPDATE, update, 1)
+    net.queue.append(("a", FrameReceived("evil", encode_message(sync, flags=Flags.BATCHED))))
+    net.settle(limit=100)
+    assert len(net.sent_since(mark)) < 10
+    assert a.memory.tier_doc("L1").held_updates == b.memory.tier_doc("L1").held_updates == 1
