@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hub_role.election import HubInfo
@@ -16,10 +17,11 @@ from hub_role.relay import Envelope
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.stats import MeshStats
 from mesh.acks import AckTracker
+from mesh.chunking import FRAME_OVERHEAD
 from mesh.codec import encode_message
 from mesh.config import NodeConfig
 from mesh.effects import Effect, Emit, LeaseAnswered, Log, Send, WriteAcked, WriteFailed
-from mesh.frames import Flags, Frame, Priority
+from mesh.frames import DEFAULT_LIMITS, Flags, Frame, Priority
 from mesh.inputs import LeaseReleased, LeaseRequested
 from mesh.membership import Membership
 from mesh.messages import (
@@ -152,10 +154,8 @@ class HubRole:
         hub_id = router.route(self._links)
         relayable = router.can_sign() and (hub_id is not None or router.is_hub)
         if not priority.urgent and relayable:
-            inner = encode_message(
-                message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
-            )
-            if len(inner) + RELAY_OVERHEAD <= self.config.limits.max_frame_bytes:
+            inner = self._relay_frame(message, priority, flags)
+            if inner is not None:
                 envelope = router.seal(inner)
                 router.counters.relayed_sent += 1
                 router.stats.on_batch(message.tier, message.items, relayed=True)
@@ -170,6 +170,34 @@ class HubRole:
         if priority.urgent and hub is not None and hub.id in peers:
             router.counters.hub_notified += 1
         return self._send_sync(peers, message, priority, flags)
+
+    def _relay_frame(self, message: MemorySync, priority: Priority, flags: Flags) -> bytes | None:
+        """Return `message` encoded to travel in one HUB_RELAY, or None if it cannot fit one.
+
+        An envelope carries one whole frame (no chunks), so a batch whose frame would be
+        over the cap goes the direct way instead: `_send_sync` floods it chunked, as every
+        batch is sent without a hub. The size is checked here, never left to raise: before,
+        `encode_message` raised MessageError out of `handle(Tick)` for such a batch after
+        it had left the outbox, so it was never sent (and the daemon's timer task died).
+        """
+        limits = self.config.limits
+        # The envelope goes out with the default limits (`_send`) and is read with the
+        # receivers' own (`config.limits`): it must fit both.
+        cap = min(limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes) - RELAY_OVERHEAD
+        if len(message.body) + FRAME_OVERHEAD > limits.max_decompressed_bytes:
+            return None  # no receiver would unpack it whole, however well it compresses
+        # Encode without the frame cap (only the checks a receiver makes on the content),
+        # then measure: a large body may still compress to fit one envelope.
+        ceiling = max(limits.max_frame_bytes, limits.max_decompressed_bytes) + FRAME_OVERHEAD
+        unbounded = replace(limits, max_frame_bytes=ceiling)
+        inner = encode_message(
+            message,
+            priority=priority,
+            timestamp_ns=int(self._now * 1e9),
+            flags=flags,
+            limits=unbounded,
+        )
+        return inner if len(inner) <= cap else None
 
     def _queue_relay(self, envelope: HubRelay, priority: Priority, tier: str) -> list[Effect]:
         """As the hub: queue an envelope for fan-out (RELAYED), then send what is due."""
