@@ -350,7 +350,10 @@ class HubRole:
                 return []
             return [self._send(hub.id, report, Priority.LOW)]
         router.board.put(report, self._now)
-        publish = router.board.publish(self.node_id, hub.term, self._now)
+        # One frame, sent with the default limits and read with the receivers' own: the
+        # board leaves out the stalest reports that would go over (see StatsBoard).
+        cap = min(self.config.limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes)
+        publish = router.board.publish(self.node_id, hub.term, self._now, max_bytes=cap)
         router.view = MeshStats(self.node_id, hub.term, publish.reports, self._now)
         return [self._send(p, publish, Priority.LOW) for p in sorted(self._links)]
 

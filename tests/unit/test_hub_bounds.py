@@ -1,7 +1,8 @@
 """Bounds of the hub role, driven by hand (explicit `now`, no event loop, no sleeps).
 
-Regression found in review: a relayed batch too large for one envelope raised out of
-`handle(Tick)` and was lost.
+Regressions found in review: a relayed batch too large for one envelope raised out of
+`handle(Tick)` and was lost; many large STATS_REPORTs made the hub's STATS_PUBLISH go over
+the frame cap and raise out of `handle(Tick)`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import pytest
 
 from crdt.memory import NewItem, TieredMemory
 from hub_role.signing import Ed25519Signer, Ed25519Verifier
+from hub_role.stats import MAX_PUBLISHED_CONFLICTS, OTHER_RESOLUTIONS, StatsBoard
+from mesh.codec import U64, decode_message, encode_message
 from mesh.config import NodeConfig
 from mesh.effects import WriteAcked
 from mesh.frames import DEFAULT_LIMITS, Priority
-from mesh.inputs import AckLevel, WriteRequested
+from mesh.inputs import AckLevel, FrameReceived, WriteRequested
+from mesh.messages import StatsPublish, StatsReport, TierStats
 from mesh.node import Node
 from tests.unit.test_node import QUIET, TIERS, Net
 
@@ -94,3 +98,87 @@ def test_a_large_batch_that_compresses_into_one_envelope_still_goes_through_the_
     net.advance(net.now + 6.0)
     assert nodes[writer].hub_counters.relayed_sent == relayed + 1
     assert all(item.id in node.memory for node in nodes.values() for item in items)
+
+
+# ------------------------------------------------------------ 2: STATS_PUBLISH over the cap
+
+
+def huge_report(node_id: str, salt: int = 0) -> StatsReport:
+    """A report as large as the wire allows: 3 tiers, 16 conflict kinds of 64 characters."""
+    rng = random.Random(f"{node_id}-{salt}")
+
+    def label() -> str:
+        return "".join(chr(rng.randrange(0xA0, 0x100)) for _ in range(64))  # 2 bytes each
+
+    tiers = tuple(
+        TierStats(t, 1.5, 2.5, 3.5, 2**40, 2**40, 2**30, tuple((label(), k + 1) for k in range(16)))
+        for t in TIERS
+    )
+    return StatsReport(node_id, tiers)
+
+
+def test_stats_publish_of_many_huge_reports_stays_one_frame_freshest_first() -> None:
+    board = StatsBoard(max_age_s=30.0)
+    for i in range(1000):
+        board.put(huge_report(f"{i:016x}"), now=i / 100.0)  # later ids are fresher
+    publish = board.publish("hub", 1, now=10.0)
+    frame = encode_message(publish)  # raised MessageError before: ~3 MB of reports
+    assert len(frame) <= CAP
+    assert 0 < len(publish.reports) < 1000 and board.left_out == 1000 - len(publish.reports)
+    kept = {r.node_id for r in publish.reports}
+    assert f"{999:016x}" in kept and f"{0:016x}" not in kept  # the stalest are left out
+    assert decode_message(frame)[1] == publish
+    # Conflict rows are trimmed per tier, the dropped kinds folded so totals stay exact.
+    for report in publish.reports:
+        for tier in report.tiers:
+            assert len(tier.conflicts) <= MAX_PUBLISHED_CONFLICTS
+            assert OTHER_RESOLUTIONS in dict(tier.conflicts)
+            assert sum(n for _k, n in tier.conflicts) == sum(range(1, 17))
+
+
+def test_folded_conflict_counts_stay_within_the_wire_range() -> None:
+    tiers = (TierStats("L1", conflicts=tuple((f"r{k:02d}", U64) for k in range(16))),)
+    board = StatsBoard(max_age_s=30.0)
+    board.put(StatsReport("a", tiers), now=0.0)
+    publish = board.publish("hub", 1, now=1.0)
+    encode_message(publish)  # a count over u64 would raise
+    (report,) = publish.reports
+    assert dict(report.tiers[0].conflicts)[OTHER_RESOLUTIONS] == U64
+
+
+def test_stats_publish_keeps_every_small_report_of_a_full_mesh() -> None:
+    board = StatsBoard(max_age_s=30.0)
+    for i in range(1024):
+        tiers = tuple(
+            TierStats(t, 123.4, 5.6, 7.8, 2**40, 2**40, 2**30, (("lww", 2**40),)) for t in TIERS
+        )
+        board.put(StatsReport(f"{i:016x}", tiers), now=0.0)
+    publish = board.publish(f"{0:016x}", 1, now=1.0)
+    assert len(publish.reports) == 1024 and board.left_out == 0
+    assert len(encode_message(publish)) <= CAP
+
+
+def test_hub_tick_publishes_under_the_cap_when_many_peers_send_huge_reports() -> None:
+    """Regression: ~200 maximum-size STATS_REPORTs (here 1,000) made the hub's
+    STATS_PUBLISH ~588 KB; encoding it raised MessageError out of handle(Tick)."""
+    net, nodes, hub = hub_mesh("a", "b")
+    other = next(i for i in nodes if i != hub)
+    # 1,000 peers report to the hub over their links (here: frames from unknown links;
+    # the hub keeps any report whose node id is its sender's).
+    for i in range(1000):
+        peer = f"p{i:03d}"
+        net.do(hub, FrameReceived(peer, encode_message(huge_report(peer), priority=Priority.LOW)))
+    assert len(nodes[hub]._hub_router().board._reports) >= 1000
+    mark = len(net.sent)
+    net.advance(net.now + 10.0)  # past at least one stats interval
+    publishes = [
+        s
+        for src, s in net.sent[mark:]
+        if src == hub and isinstance(decode_message(s.frame)[1], StatsPublish)
+    ]
+    assert publishes and all(len(s.frame) <= CAP for s in publishes)
+    view = nodes[other].mesh_stats()
+    assert view is not None and view.hub_id == hub
+    ids = {r.node_id for r in view.reports}
+    assert {hub, other} <= ids  # the freshest reports, the real nodes' own, are in
+    assert 0 < len(ids) < 1002
