@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hub_role.election import HubInfo
-from hub_role.leases import LeaseTable
+from hub_role.leases import LeaseLimitReached, LeaseTable
 from hub_role.relay import Envelope
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.stats import MeshStats
@@ -41,6 +41,11 @@ from mesh.outbox import Outbox
 MAX_LEASE_NAME = 128
 ALWAYS_SENT_HEARTBEATS = 4  # claim seqs a hub sends to every link before skipping any
 MAX_LEASE_TTL_S = 86_400.0  # a day; the wire allows up to 2**32 - 1 ms
+# A refused LEASE_GRANT naming this holder (no node id is "*") means the hub refused a new
+# name because its lease table, or the requester, holds as many leases as allowed
+# (`hub_role.leases.MAX_LEASES`, `MAX_LEASES_PER_HOLDER`): the wire has no error field.
+LEASE_LIMIT_HOLDER = "*"
+LEASE_LIMIT_ERROR = "too many leases held at the hub (by this node or in all): release some"
 
 
 class HubRole:
@@ -324,6 +329,8 @@ class HubRole:
         for pending in router.take_unacked(self._now):
             effects.extend(self._reflood(pending))
         effects.extend(self._drain_relay())
+        if router.is_hub:
+            router.leases.prune(self._now)  # expired leases go even if nobody asks again
         for lease_id, (request_id, name, due) in list(router.lease_pending.items()):
             if self._now >= due:
                 del router.lease_pending[lease_id]
@@ -395,7 +402,10 @@ class HubRole:
         hub = router.hub
         assert hub is not None and router.is_hub
         router.leases.set_term(hub.term)
-        granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
+        try:
+            granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
+        except LeaseLimitReached:
+            return LeaseGrant(request_id, name, LEASE_LIMIT_HOLDER, False, 0, hub.term, 0)
         left = max(0, int((lease.expires_at - self._now) * 1000))
         token = lease.token if granted else 0
         return LeaseGrant(request_id, name, lease.holder, granted, token, lease.term, left)
@@ -403,6 +413,8 @@ class HubRole:
     def _lease_answer(self, request_id: int, grant: LeaseGrant) -> LeaseAnswered:
         if not grant.granted and grant.term == 0:
             return LeaseAnswered(request_id, grant.name, False, error="not the hub")
+        if not grant.granted and grant.holder == LEASE_LIMIT_HOLDER:
+            return LeaseAnswered(request_id, grant.name, False, error=LEASE_LIMIT_ERROR)
         return LeaseAnswered(
             request_id,
             grant.name,

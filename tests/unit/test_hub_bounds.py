@@ -2,7 +2,8 @@
 
 Regressions found in review: a relayed batch too large for one envelope raised out of
 `handle(Tick)` and was lost; many large STATS_REPORTs made the hub's STATS_PUBLISH go over
-the frame cap and raise out of `handle(Tick)`.
+the frame cap and raise out of `handle(Tick)`; the lease table kept expired leases and
+granted any number of names.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import numpy as np
 import pytest
 
 from crdt.memory import NewItem, TieredMemory
+from hub_role.leases import MAX_LEASES_PER_HOLDER, LeaseLimitReached, LeaseTable
 from hub_role.signing import Ed25519Signer, Ed25519Verifier
 from hub_role.stats import MAX_PUBLISHED_CONFLICTS, OTHER_RESOLUTIONS, StatsBoard
 from mesh.codec import U64, decode_message, encode_message
 from mesh.config import NodeConfig
-from mesh.effects import WriteAcked
+from mesh.effects import LeaseAnswered, WriteAcked
 from mesh.frames import DEFAULT_LIMITS, Priority
-from mesh.inputs import AckLevel, FrameReceived, WriteRequested
+from mesh.inputs import AckLevel, FrameReceived, LeaseRequested, WriteRequested
 from mesh.messages import StatsPublish, StatsReport, TierStats
 from mesh.node import Node
+from mesh.node_hub import LEASE_LIMIT_ERROR
 from tests.unit.test_node import QUIET, TIERS, Net
 
 CAP = DEFAULT_LIMITS.max_frame_bytes
@@ -182,3 +185,100 @@ def test_hub_tick_publishes_under_the_cap_when_many_peers_send_huge_reports() ->
     ids = {r.node_id for r in view.reports}
     assert {hub, other} <= ids  # the freshest reports, the real nodes' own, are in
     assert 0 < len(ids) < 1002
+
+
+# ------------------------------------------------------------ 3: the lease table
+
+
+def test_expired_leases_are_pruned_and_tokens_keep_growing() -> None:
+    table = LeaseTable(term=1)
+    tokens = []
+    for holder in range(20):
+        for k in range(50):
+            ok, lease = table.request(f"name-{holder}-{k}", f"n{holder}", 1.0, now=0.0)
+            assert ok
+            tokens.append(lease.token)
+    assert len(table) == 1000
+    assert table.prune(0.5) == 0 and len(table) == 1000
+    # Long after every lease expired, one request leaves only its own lease.
+    ok, lease = table.request("x", "n0", 1.0, now=10_000.0)
+    assert ok and len(table) == 1
+    tokens.append(lease.token)
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    assert table.prune(10_002.0) == 1 and len(table) == 0
+
+
+def test_renewals_do_not_pile_up_expiry_entries() -> None:
+    table = LeaseTable(term=1)
+    now = 0.0
+    for _ in range(10_000):
+        table.request("lock", "a", 3600.0, now)  # renewed again and again
+        now += 0.01
+    assert len(table) == 1
+    assert len(table._expiry) <= 2 * len(table) + 65
+
+
+def test_new_names_past_the_caps_are_refused_renewals_are_not() -> None:
+    table = LeaseTable(term=2, max_leases=10, max_per_holder=4)
+    tokens = [table.request(f"a{k}", "a", 5.0, 0.0)[1].token for k in range(4)]
+    with pytest.raises(LeaseLimitReached, match="limit per node"):
+        table.request("a4", "a", 5.0, 0.0)
+    tokens += [table.request(f"b{k}", "b", 5.0, 0.0)[1].token for k in range(4)]
+    tokens += [table.request(f"c{k}", "c", 5.0, 0.0)[1].token for k in range(2)]
+    assert len(table) == 10
+    with pytest.raises(LeaseLimitReached, match="its limit"):
+        table.request("d0", "d", 5.0, 0.0)
+    ok, renewed = table.request("a0", "a", 5.0, 1.0)  # renewal of a held name: granted
+    assert ok and renewed.token > max(tokens)
+    tokens.append(renewed.token)
+    held, other = table.request("a1", "b", 5.0, 1.0)  # held by another: refused as before
+    assert not held and other.holder == "a"
+    assert table.release("c0", "c", tokens[8])
+    ok, fresh = table.request("d0", "d", 5.0, 2.0)  # room again after a release
+    assert ok and fresh.token > max(tokens)
+    # At 6.0 the leases of t=0 (to 5.0) and the renewal (to 6.0) are over: only d0 is left.
+    ok, later = table.request("d1", "d", 5.0, 6.0)
+    assert ok and len(table) == 2 and later.token > fresh.token
+
+
+def test_a_peer_asking_for_unbounded_names_is_capped() -> None:
+    """Regression: 100,000 distinct names stayed in the table after they all expired."""
+    table = LeaseTable(term=1)
+    granted = refused = 0
+    for i in range(100_000):
+        try:
+            ok, _lease = table.request(f"name-{i}", "peer", 1.0, 0.0)
+        except LeaseLimitReached:
+            refused += 1
+        else:
+            granted += ok
+    assert granted == MAX_LEASES_PER_HOLDER and refused == 100_000 - granted
+    table.request("x", "peer", 1.0, 10_000.0)
+    assert len(table) == 1
+
+
+def test_hub_refuses_names_past_the_cap_with_a_reason_and_prunes_on_its_timer() -> None:
+    net, nodes, hub = hub_mesh("a", "b")
+    peer = next(i for i in nodes if i != hub)
+    for k in range(MAX_LEASES_PER_HOLDER + 1):
+        net.do(peer, LeaseRequested(k, f"lock-{k}", ttl_s=2.0))
+        net.settle()
+    answers = {e.request_id: e for e in net.log[peer] if isinstance(e, LeaseAnswered)}
+    assert len(answers) == MAX_LEASES_PER_HOLDER + 1
+    assert all(answers[k].granted for k in range(MAX_LEASES_PER_HOLDER))
+    tokens = [answers[k].token for k in range(MAX_LEASES_PER_HOLDER)]
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    refused = answers[MAX_LEASES_PER_HOLDER]
+    assert not refused.granted and refused.error == LEASE_LIMIT_ERROR
+    table = nodes[hub]._hub_router().leases
+    assert len(table) == MAX_LEASES_PER_HOLDER
+    # The hub's own leases count against its own id, not the peer's.
+    local = nodes[hub].handle(LeaseRequested(1, "hub-lock", ttl_s=2.0), net.now)
+    assert [e.granted for e in local if isinstance(e, LeaseAnswered)] == [True]
+    # No further request: the hub's timer alone forgets the expired leases.
+    net.advance(net.now + 3.0)
+    assert len(table) == 0
+    net.do(peer, LeaseRequested(9999, "lock-again", ttl_s=2.0))
+    net.settle()
+    again = [e for e in net.log[peer] if isinstance(e, LeaseAnswered) and e.request_id == 9999]
+    assert len(again) == 1 and again[0].granted and again[0].token > max(tokens)
