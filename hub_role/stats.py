@@ -10,8 +10,10 @@ resolver); the backlog (updates waiting to be sent) when the report was made.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from mesh.codec import MAX_STATS_NODES, U64, stats_publish_overhead, stats_report_bytes
+from mesh.frames import DEFAULT_LIMITS
 from mesh.messages import StatsPublish, StatsReport, TierStats
 
 
@@ -83,26 +85,83 @@ class StatsCollector:
         return StatsReport(self.node_id, tuple(out))
 
 
-class StatsBoard:
-    """The hub's latest report per node; reports older than `max_age_s` are left out."""
+# Conflict rows a published report keeps per tier. An honest node has one (its tier's
+# resolver); the wire allows 16. Past this, the rows with the smallest counts are folded
+# into one OTHER_RESOLUTIONS row, so the mesh-wide conflict total stays exact.
+MAX_PUBLISHED_CONFLICTS = 4
+OTHER_RESOLUTIONS = "(other)"
 
-    def __init__(self, max_age_s: float, max_nodes: int = 1024) -> None:
+
+def trim_conflicts(report: StatsReport) -> StatsReport:
+    """Return `report` with at most MAX_PUBLISHED_CONFLICTS conflict rows per tier."""
+    if all(len(t.conflicts) <= MAX_PUBLISHED_CONFLICTS for t in report.tiers):
+        return report
+    tiers = []
+    for t in report.tiers:
+        if len(t.conflicts) <= MAX_PUBLISHED_CONFLICTS:
+            tiers.append(t)
+            continue
+        ranked = sorted(t.conflicts, key=lambda kv: (-kv[1], kv[0]))
+        kept = dict(ranked[: MAX_PUBLISHED_CONFLICTS - 1])
+        rest = sum(n for _k, n in ranked[MAX_PUBLISHED_CONFLICTS - 1 :])
+        # Counts are u64 on the wire: a sum of them may not be.
+        kept[OTHER_RESOLUTIONS] = min(U64, kept.get(OTHER_RESOLUTIONS, 0) + rest)
+        tiers.append(replace(t, conflicts=tuple(sorted(kept.items()))))
+    return StatsReport(report.node_id, tuple(tiers))
+
+
+class StatsBoard:
+    """The hub's latest report per node; reports older than `max_age_s` are left out.
+
+    A publish is bounded twice: at most `max_nodes` reports (the wire's MAX_STATS_NODES),
+    and at most `max_bytes` for the whole STATS_PUBLISH frame (one frame: 256 KiB). About
+    200 bytes per honest node fit 1,024 nodes; larger reports (many conflict kinds, long
+    labels) are first trimmed (`trim_conflicts`), and what still does not fit is left out,
+    stalest first: the board takes reports freshest first and skips any that would go
+    over. `left_out` counts the reports skipped by the last publish.
+    """
+
+    def __init__(
+        self,
+        max_age_s: float,
+        max_nodes: int = MAX_STATS_NODES,
+        max_bytes: int = DEFAULT_LIMITS.max_frame_bytes,
+    ) -> None:
         """Start empty."""
         self.max_age_s = max_age_s
-        self.max_nodes = max_nodes
-        self._reports: dict[str, tuple[float, StatsReport]] = {}
+        self.max_nodes = min(max_nodes, MAX_STATS_NODES)
+        self.max_bytes = max_bytes
+        self.left_out = 0
+        # node id -> (received at, trimmed report, its bytes in a publish)
+        self._reports: dict[str, tuple[float, StatsReport, int]] = {}
 
     def put(self, report: StatsReport, now: float) -> None:
-        """Keep `report` as its node's latest."""
-        self._reports[report.node_id] = (now, report)
+        """Keep `report` as its node's latest (conflict rows trimmed for publishing)."""
+        trimmed = trim_conflicts(report)
+        self._reports[report.node_id] = (now, trimmed, stats_report_bytes(trimmed))
 
-    def publish(self, hub_id: str, term: int, now: float) -> StatsPublish:
-        """Return STATS_PUBLISH with every fresh report (freshest first past `max_nodes`)."""
-        fresh = [(at, r) for at, r in self._reports.values() if now - at <= self.max_age_s]
-        self._reports = {r.node_id: (at, r) for at, r in fresh}
-        fresh.sort(key=lambda p: (-p[0], p[1].node_id))
-        reports = sorted((r for _at, r in fresh[: self.max_nodes]), key=lambda r: r.node_id)
-        return StatsPublish(hub_id, term, tuple(reports))
+    def publish(
+        self, hub_id: str, term: int, now: float, max_bytes: int | None = None
+    ) -> StatsPublish:
+        """Return STATS_PUBLISH with the fresh reports that fit one frame, freshest first.
+
+        The frame stays within `max_bytes` (default `self.max_bytes`) and `max_nodes`
+        reports; reports left out are the stalest ones that would have gone over.
+        """
+        fresh = [e for e in self._reports.values() if now - e[0] <= self.max_age_s]
+        self._reports = {e[1].node_id: e for e in fresh}
+        fresh.sort(key=lambda e: (-e[0], e[1].node_id))
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        budget = limit - stats_publish_overhead(hub_id)
+        chosen: list[StatsReport] = []
+        for _at, report, size in fresh:
+            if len(chosen) >= self.max_nodes:
+                break
+            if size <= budget:
+                chosen.append(report)
+                budget -= size
+        self.left_out = len(fresh) - len(chosen)
+        return StatsPublish(hub_id, term, tuple(sorted(chosen, key=lambda r: r.node_id)))
 
 
 @dataclass(frozen=True, slots=True)

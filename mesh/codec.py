@@ -16,6 +16,7 @@ import msgpack
 from mesh import messages as m
 from mesh.frames import (
     DEFAULT_LIMITS,
+    HEADER,
     Flags,
     Frame,
     FrameError,
@@ -445,6 +446,28 @@ def _wire_report(report: m.StatsReport) -> list[Any]:
             for t in report.tiers
         ],
     ]
+
+
+def stats_report_bytes(report: m.StatsReport) -> int:
+    """Return the bytes `report` adds to a STATS_PUBLISH payload (before compression).
+
+    A report that cannot be packed (a lone surrogate in a string) counts as too large to
+    publish.
+    """
+    try:
+        return len(msgpack.packb(_wire_report(report), use_bin_type=True))
+    except (ValueError, TypeError, OverflowError):
+        return U64
+
+
+def stats_publish_overhead(hub_id: str) -> int:
+    """Return an upper bound on a STATS_PUBLISH frame's bytes around its reports.
+
+    Header, payload array, tag, hub id (string header of up to 3 bytes), term (up to 9),
+    reports array header (up to 5). With `stats_report_bytes` of every report added, this
+    bounds the whole frame: compression is kept only when it makes the payload smaller.
+    """
+    return HEADER.size + 1 + 1 + 3 + len(hub_id.encode("utf-8", "replace")) + 9 + 5
 
 
 def batch_count_of(msg: Message) -> int:

@@ -94,7 +94,7 @@ class LeaseAnswered:
     Granted: this node holds `name` until `ttl_s` from now on the hub's clock, fenced by
     `token` (larger than every earlier grant, in this term and all earlier terms). Refused:
     `holder` holds it for `ttl_s` more; or `error` says why there is no answer (no hub,
-    timed out, the hub changed, not the hub, bad request).
+    timed out, the hub changed, not the hub, too many leases held, bad request).
     """
 
     request_id: int

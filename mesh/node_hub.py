@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hub_role.election import HubInfo
-from hub_role.leases import LeaseTable
+from hub_role.leases import LeaseLimitReached, LeaseTable
 from hub_role.relay import Envelope
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.stats import MeshStats
 from mesh.acks import AckTracker
+from mesh.chunking import FRAME_OVERHEAD
 from mesh.codec import encode_message
 from mesh.config import NodeConfig
 from mesh.effects import Effect, Emit, LeaseAnswered, Log, Send, WriteAcked, WriteFailed
-from mesh.frames import Flags, Frame, Priority
+from mesh.frames import DEFAULT_LIMITS, Flags, Frame, Priority
 from mesh.inputs import LeaseReleased, LeaseRequested
 from mesh.membership import Membership
 from mesh.messages import (
@@ -39,6 +41,11 @@ from mesh.outbox import Outbox
 MAX_LEASE_NAME = 128
 ALWAYS_SENT_HEARTBEATS = 4  # claim seqs a hub sends to every link before skipping any
 MAX_LEASE_TTL_S = 86_400.0  # a day; the wire allows up to 2**32 - 1 ms
+# A refused LEASE_GRANT naming this holder (no node id is "*") means the hub refused a new
+# name because its lease table, or the requester, holds as many leases as allowed
+# (`hub_role.leases.MAX_LEASES`, `MAX_LEASES_PER_HOLDER`): the wire has no error field.
+LEASE_LIMIT_HOLDER = "*"
+LEASE_LIMIT_ERROR = "too many leases held at the hub (by this node or in all): release some"
 
 
 class HubRole:
@@ -152,10 +159,8 @@ class HubRole:
         hub_id = router.route(self._links)
         relayable = router.can_sign() and (hub_id is not None or router.is_hub)
         if not priority.urgent and relayable:
-            inner = encode_message(
-                message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
-            )
-            if len(inner) + RELAY_OVERHEAD <= self.config.limits.max_frame_bytes:
+            inner = self._relay_frame(message, priority, flags)
+            if inner is not None:
                 envelope = router.seal(inner)
                 router.counters.relayed_sent += 1
                 router.stats.on_batch(message.tier, message.items, relayed=True)
@@ -170,6 +175,34 @@ class HubRole:
         if priority.urgent and hub is not None and hub.id in peers:
             router.counters.hub_notified += 1
         return self._send_sync(peers, message, priority, flags)
+
+    def _relay_frame(self, message: MemorySync, priority: Priority, flags: Flags) -> bytes | None:
+        """Return `message` encoded to travel in one HUB_RELAY, or None if it cannot fit one.
+
+        An envelope carries one whole frame (no chunks), so a batch whose frame would be
+        over the cap goes the direct way instead: `_send_sync` floods it chunked, as every
+        batch is sent without a hub. The size is checked here, never left to raise: before,
+        `encode_message` raised MessageError out of `handle(Tick)` for such a batch after
+        it had left the outbox, so it was never sent (and the daemon's timer task died).
+        """
+        limits = self.config.limits
+        # The envelope goes out with the default limits (`_send`) and is read with the
+        # receivers' own (`config.limits`): it must fit both.
+        cap = min(limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes) - RELAY_OVERHEAD
+        if len(message.body) + FRAME_OVERHEAD > limits.max_decompressed_bytes:
+            return None  # no receiver would unpack it whole, however well it compresses
+        # Encode without the frame cap (only the checks a receiver makes on the content),
+        # then measure: a large body may still compress to fit one envelope.
+        ceiling = max(limits.max_frame_bytes, limits.max_decompressed_bytes) + FRAME_OVERHEAD
+        unbounded = replace(limits, max_frame_bytes=ceiling)
+        inner = encode_message(
+            message,
+            priority=priority,
+            timestamp_ns=int(self._now * 1e9),
+            flags=flags,
+            limits=unbounded,
+        )
+        return inner if len(inner) <= cap else None
 
     def _queue_relay(self, envelope: HubRelay, priority: Priority, tier: str) -> list[Effect]:
         """As the hub: queue an envelope for fan-out (RELAYED), then send what is due."""
@@ -296,6 +329,8 @@ class HubRole:
         for pending in router.take_unacked(self._now):
             effects.extend(self._reflood(pending))
         effects.extend(self._drain_relay())
+        if router.is_hub:
+            router.leases.prune(self._now)  # expired leases go even if nobody asks again
         for lease_id, (request_id, name, due) in list(router.lease_pending.items()):
             if self._now >= due:
                 del router.lease_pending[lease_id]
@@ -322,7 +357,10 @@ class HubRole:
                 return []
             return [self._send(hub.id, report, Priority.LOW)]
         router.board.put(report, self._now)
-        publish = router.board.publish(self.node_id, hub.term, self._now)
+        # One frame, sent with the default limits and read with the receivers' own: the
+        # board leaves out the stalest reports that would go over (see StatsBoard).
+        cap = min(self.config.limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes)
+        publish = router.board.publish(self.node_id, hub.term, self._now, max_bytes=cap)
         router.view = MeshStats(self.node_id, hub.term, publish.reports, self._now)
         return [self._send(p, publish, Priority.LOW) for p in sorted(self._links)]
 
@@ -364,7 +402,10 @@ class HubRole:
         hub = router.hub
         assert hub is not None and router.is_hub
         router.leases.set_term(hub.term)
-        granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
+        try:
+            granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
+        except LeaseLimitReached:
+            return LeaseGrant(request_id, name, LEASE_LIMIT_HOLDER, False, 0, hub.term, 0)
         left = max(0, int((lease.expires_at - self._now) * 1000))
         token = lease.token if granted else 0
         return LeaseGrant(request_id, name, lease.holder, granted, token, lease.term, left)
@@ -372,6 +413,8 @@ class HubRole:
     def _lease_answer(self, request_id: int, grant: LeaseGrant) -> LeaseAnswered:
         if not grant.granted and grant.term == 0:
             return LeaseAnswered(request_id, grant.name, False, error="not the hub")
+        if not grant.granted and grant.holder == LEASE_LIMIT_HOLDER:
+            return LeaseAnswered(request_id, grant.name, False, error=LEASE_LIMIT_ERROR)
         return LeaseAnswered(
             request_id,
             grant.name,
