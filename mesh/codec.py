@@ -48,6 +48,14 @@ U64: Final = 0xFFFF_FFFF_FFFF_FFFF
 MAX_LEASE_NAME: Final = 128
 MAX_STATS_NODES: Final = 1024  # reports in one STATS_PUBLISH
 MAX_CONFLICT_KINDS: Final = 16
+# Objects (arrays, and every element at any depth, the payload array included) in a valid
+# payload, under any Limits: a MEMORY_RESPONSE has 7 plus 3 per record or hit, at most
+# 65,535 of them (batch_count is a u16 in the header); a STATS_PUBLISH of 1024 reports of
+# 3 tiers with 16 conflicts each has 178,181; a MEMORY_QUERY 7 plus 1 per id; others < 400.
+_REPORT_OBJECTS: Final = 3 + len(KNOWN_TIERS) * (9 + 3 * MAX_CONFLICT_KINDS)
+_MAX_VALID_OBJECTS: Final = max(7 + 3 * U16, 5 + MAX_STATS_NODES * _REPORT_OBJECTS)
+MAX_PAYLOAD_OBJECTS: Final = 1 << 18  # objects one payload may declare (_count_objects)
+assert _MAX_VALID_OBJECTS < MAX_PAYLOAD_OBJECTS
 PUBLIC_KEY_BYTES: Final = 32
 SIGNATURE_BYTES: Final = 64
 _SYNC_CHECKSUM_AT: Final = 6  # index of the checksum among MEMORY_SYNC fields (after the tag)
@@ -285,7 +293,8 @@ def _relay(f: list[Any], limits: Limits) -> m.HubRelay:
 def _tier_stats(value: Any) -> m.TierStats:
     """Parse `[tier, syncs_per_min, items_per_batch, latency_ms, p2p, relayed, backlog, conf]`."""
     tier, rate, size, latency, p2p, relayed, backlog, conf = _sized(value, "stats", list, 8, 8)
-    pairs = [_sized(c, "conflict", list, 2, 2) for c in _sized(conf, "conflicts", list, 16)]
+    conf = _sized(conf, "conflicts", list, MAX_CONFLICT_KINDS)
+    pairs = [_sized(c, "conflict", list, 2, 2) for c in conf]
     conflicts = tuple(
         (_sized(k, "resolution", str, MAX_LABEL, 1), _int(n, "conflicts", U64)) for k, n in pairs
     )
@@ -526,10 +535,78 @@ def encode_message(
     return data
 
 
+# How `_count_objects` steps over each MessagePack lead byte: the whole object's size when
+# that is fixed; else the size of the length field of a str, bin or ext (an ext also has a
+# type byte), or of the count field of an array or map and the objects per count.
+_FIXED_SIZE: Final = {
+    **{0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9},  # nil, false, true, float 32/64
+    **{0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9},  # (u)int 8-64
+    **{0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18},  # fixext 1-16
+    **{lead: 1 for lead in (*range(0x80), *range(0xE0, 0x100))},  # fixint
+    **{lead: 1 + (lead & 0x1F) for lead in range(0xA0, 0xC0)},  # fixstr
+}
+_OBJECT_SIZE: Final = tuple(_FIXED_SIZE.get(lead, 0) for lead in range(256))
+_LENGTH_SIZE: Final = {
+    **{0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)},
+    **{0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1)},  # ext 8/16/32
+}
+_COUNT_SIZE: Final = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def _count_objects(payload: bytes, cap: int) -> int:
+    """Return how many objects the payload declares; refuse over `cap`; build nothing.
+
+    Reads only type and length headers and skips str/bin/ext bodies, so it costs one step
+    per object, at most `cap` steps. Without it, 16 MiB inflated from a 28 KiB frame unpack
+    to 16 million empty arrays (1 GiB, seconds) before any field check could refuse them.
+    It also refuses arrays claiming more objects than bytes remain; anything else wrong
+    (a truncated header, the unused lead byte 0xC1, trailing bytes) is left to the unpacker.
+    """
+    sizes, lengths, counts = _OBJECT_SIZE, _LENGTH_SIZE, _COUNT_SIZE  # locals: a hot loop
+    pos, end, pending, declared = 0, len(payload), 1, 1
+    try:
+        while pending and pos < end:
+            pending -= 1
+            lead = payload[pos]
+            if size := sizes[lead]:
+                pos += size
+                continue
+            if 0x90 <= lead <= 0x9F:  # fixarray
+                count = lead - 0x90
+                pos += 1
+            elif lead == 0xD9 or lead == 0xC4:  # str 8, bin 8: the common lengths
+                pos += 2 + payload[pos + 1]
+                continue
+            elif lead in lengths:  # str, bin, ext: skip the body
+                width, extra = lengths[lead]
+                pos += 1 + width + extra + int.from_bytes(payload[pos + 1 : pos + 1 + width])
+                continue
+            elif lead <= 0x8F:  # fixmap: a key and a value per count
+                count = 2 * (lead - 0x80)
+                pos += 1
+            elif lead in counts:
+                width, per = counts[lead]
+                count = per * int.from_bytes(payload[pos + 1 : pos + 1 + width])
+                pos += 1 + width
+            else:
+                break  # 0xC1 is never used: the unpacker refuses it
+            declared += count
+            if declared > cap:
+                raise MessageError(f"payload declares over the cap of {cap} objects")
+            pending += count
+            if pending > end - pos:  # every object takes at least one byte
+                raise MessageError(f"payload declares {pending} more objects than it has bytes")
+    except IndexError:
+        pass  # a truncated header: the unpacker refuses it
+    return declared
+
+
 def _unpack(payload: bytes, limits: Limits) -> list[Any]:
     """Return the payload's top-level array, with every length capped before allocation."""
     # An array of n elements needs at least n bytes, so len(payload) also bounds arrays.
     max_array = min(len(payload), max(limits.max_batch_count, 16))
+    if len(payload) > MAX_PAYLOAD_OBJECTS:  # each object takes at least one byte
+        _count_objects(payload, MAX_PAYLOAD_OBJECTS)
     try:
         obj = msgpack.unpackb(
             payload,
