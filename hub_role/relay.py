@@ -23,6 +23,9 @@ def relay_bytes(frame: bytes) -> bytes:
     return _DOMAIN + frame
 
 
+_MIN_BUCKETS_BEFORE_PRUNE = 1_024  # per-origin rate-limit buckets kept before a prune
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One relayed frame waiting at the hub: whose, how urgent, the bytes to fan out."""
@@ -51,6 +54,7 @@ class RelayQueue:
         }
         self._deferred: list[tuple[float, int, Envelope]] = []
         self._buckets: dict[str, _Bucket] = {}
+        self._prune_at = _MIN_BUCKETS_BEFORE_PRUNE
         self._seq = 0
         self._next_drain = 0.0
         self._low_open = False
@@ -75,6 +79,8 @@ class RelayQueue:
         bucket = self._buckets.get(envelope.origin)
         rate, burst = self.config.origin_rate_per_s, float(self.config.origin_burst)
         if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self._prune_buckets(now)
             bucket = self._buckets[envelope.origin] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
@@ -87,6 +93,20 @@ class RelayQueue:
             ready = now + (-bucket.tokens) / rate
             heapq.heappush(self._deferred, (ready, self._seq, envelope))
         return True
+
+    def _prune_buckets(self, now: float) -> None:
+        """Forget origins whose bucket has refilled: a full bucket is the same as none.
+
+        Origins are whoever signs an envelope, so in an open mesh they are unbounded; the
+        next prune waits until the table doubles, which keeps pushes O(1) amortised.
+        """
+        rate, burst = self.config.origin_rate_per_s, float(self.config.origin_burst)
+        self._buckets = {
+            origin: b
+            for origin, b in self._buckets.items()
+            if b.tokens + (now - b.at) * rate < burst
+        }
+        self._prune_at = max(_MIN_BUCKETS_BEFORE_PRUNE, 2 * len(self._buckets))
 
     def pop_ready(self, now: float, *, everything: bool = False) -> list[Envelope]:
         """Return the envelopes to fan out now, best priority first (all of them if asked)."""

@@ -72,3 +72,18 @@ def test_full_queue_refuses_and_everything_empties_it() -> None:
     assert queue.refused_total == 1
     assert queue.pop_ready(0.0) == []
     assert len(queue.pop_ready(0.0, everything=True)) == 2
+
+
+def test_rate_limit_state_of_many_origins_stays_bounded_and_still_limits() -> None:
+    config = HubConfig(origin_rate_per_s=10.0, origin_burst=2, relay_burst=100_000)
+    queue = RelayQueue(config)
+    now = 0.0
+    for i in range(20_000):  # a new self-signed origin every 10 ms (open membership)
+        queue.push(env(f"origin-{i}", Priority.NORMAL, "x", now), now)
+        queue.pop_ready(now)
+        now += 0.01
+    assert len(queue._buckets) <= 2 * 1_024  # refilled buckets were forgotten
+    for i in range(5):  # a flooding origin is still limited after the prunes
+        queue.push(env("noisy", Priority.HIGH, f"n{i}", now), now)
+    assert [e.data.decode() for e in queue.pop_ready(now + 1.0)][:2] == ["n0", "n1"]
+    assert queue.deferred_total == 3
