@@ -37,6 +37,7 @@ from mesh.webrtc import WebRtcTransport
 log = logging.getLogger("memmesh.daemon")
 STATIC_PROBE_S = 5.0  # bootstrap addresses are probed this often (found peers are linked)
 DISCOVERY_GRACE_S = 2.0  # the node's timers start by then even if no peer was found
+METRICS_REQUEST_TIMEOUT_S = 5.0  # a metrics client must send its request line by then
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,8 +333,9 @@ class Daemon:
             return None
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                await reader.readline()
+            with contextlib.suppress(ConnectionError, TimeoutError, ValueError):
+                async with asyncio.timeout(METRICS_REQUEST_TIMEOUT_S):  # idle clients go
+                    await reader.readline()
                 body = self.metrics_text().encode()
                 writer.write(
                     b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
