@@ -522,9 +522,10 @@ class TieredMemory:
                 self.clock.observe(newest, now_ms)
             except ClockDriftError:
                 self.stats.clock_drift_rejections += 1
-        if not changed:
-            return self._change([], [])
-        return self._change([(tier, update)], events)
+        # Persist every update the document integrated: this one, and any held back that it
+        # released. Without them, the rows on disk would have a gap, and what follows it
+        # from the same writer would be held back at the next load.
+        return self._change([(tier, u) for u in doc.integrated], events)
 
     # ----------------------------------------------------------------- tombstones
 

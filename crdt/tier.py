@@ -56,6 +56,7 @@ class TierDoc:
         self._changed_keys: dict[str, Any] = {}  # key -> its new value (None: deleted)
         self._captured: list[bytes] = []
         self._held: list[tuple[int, int, bytes]] = []
+        self.integrated: list[bytes] = []  # what the last apply_update added to the document
         self.gaps_dropped = 0
         self._map_subscription: Any = self._map.observe(self._on_map_event)
         self._doc.observe(self._on_transaction)
@@ -162,6 +163,7 @@ class TierDoc:
         in-order application is its well-trodden path. Raises CorruptUpdateError on bytes
         that are not a Yjs update; the document is then unchanged.
         """
+        self.integrated = []
         try:
             check_update(update)  # before yrs: it would crash on values nested thousands deep
             head = single_client_start(update)
@@ -219,7 +221,9 @@ class TierDoc:
         return changed
 
     def _integrate(self, update: bytes) -> set[str]:
+        """Apply an update now; note it in `integrated` if it moved the state vector."""
         self._changed_keys.clear()
+        before = self.state_vector()
         try:
             self._doc.apply_update(update)
         except ValueError as exc:
@@ -227,6 +231,8 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             self._captured.clear()
+        if self.state_vector() != before:
+            self.integrated.append(update)
         return self._reindex(self._changed_keys)
 
     def _reindex(self, keys: Mapping[str, Any]) -> set[str]:
