@@ -188,10 +188,12 @@ class Mesh:
         try:
             await self._compact_if_needed(committer, threshold=COMPACT_AFTER_ROWS)
         finally:
-            await committer.close()
-            committer.store.close()
-            self._changed.set()
-            self._drained.set()
+            try:
+                await committer.close()
+            finally:
+                committer.store.close()  # also releases the data directory's lock
+                self._changed.set()
+                self._drained.set()
 
     @property
     def memory(self) -> TieredMemory:
@@ -476,6 +478,9 @@ class Mesh:
             removed[tier] = await committer.run(
                 functools.partial(SqliteStore.compact, tier=tier, snapshot=snapshot, upto_id=upto)
             )
+        if removed:  # with the update log, the event log on disk shrinks to the ring's size
+            keep = self.config.event_capacity
+            await committer.run(lambda s: s.trim_events(keep_last=keep))
         return removed
 
     async def integrity_check(self) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.control import ControlError, call, daemon_running
+from mesh.control import ControlError, call, check_socket_path, daemon_running
 
 DAEMON_AWARE = frozenset(
     {"put", "get", "delete", "move", "search", "events", "export", "import", "status", "compact"}
@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log_level != "debug":
         logging.getLogger("aioice").setLevel(logging.WARNING)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
+    check_socket_path(Path(args.data_dir))  # before opening anything
     if daemon_running(Path(args.data_dir)):
         raise ControlError(f"a daemon is already running on {args.data_dir}")
     run_daemon(

@@ -110,13 +110,18 @@ class GroupCommitter:
             batch, writing = self._start_write()
 
     async def close(self) -> None:
-        """Flush, retry any backlog once, then stop the worker thread."""
-        await self.flush()
-        if self._backlog:
-            batch, self._backlog = self._backlog, []
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, _write_batch, self._store, batch)
-        self._executor.shutdown(wait=True)
+        """Flush, retry any backlog once, then stop the worker thread (also if that fails).
+
+        A failed retry raises; its changes stay in `backlog`, since nothing wrote them.
+        """
+        try:
+            await self.flush()
+            if self._backlog:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, _write_batch, self._store, self._backlog)
+                self._backlog = []
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SOCKET_NAME = "control.sock"
+MAX_SOCKET_PATH_BYTES = 107  # sun_path on Linux, less its terminating NUL
 MAX_REQUEST_BYTES = 64 << 20
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -30,12 +31,24 @@ def socket_path(data_dir: Path) -> Path:
     return data_dir / SOCKET_NAME
 
 
+def check_socket_path(data_dir: Path) -> Path:
+    """Return the control socket's path; raise ControlError if a Unix socket cannot have it."""
+    path = socket_path(data_dir)
+    size = len(os.fsencode(path.absolute()))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ControlError(
+            f"{path}: the control socket's path is {size} bytes, Unix sockets take at most "
+            f"{MAX_SOCKET_PATH_BYTES}; use a data directory with a shorter path"
+        )
+    return path
+
+
 class ControlServer:
     """Serves requests to `handler(request) -> result` on the data directory's socket."""
 
     def __init__(self, data_dir: Path, handler: Handler) -> None:
-        """Prepare to listen on `data_dir/control.sock`."""
-        self._path = socket_path(data_dir)
+        """Prepare to listen on `data_dir/control.sock`; raise ControlError if too long."""
+        self._path = check_socket_path(data_dir)
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
 

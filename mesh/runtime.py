@@ -34,7 +34,16 @@ from mesh.effects import (
 )
 from mesh.frames import Priority
 from mesh.gc_pause import cyclic_gc_paused
-from mesh.inputs import FrameReceived, Input, LinkDown, LinkUp, PeerFound, PeerLost, Tick
+from mesh.inputs import (
+    FrameReceived,
+    Input,
+    LinkDown,
+    LinkUp,
+    PeerFound,
+    PeerLost,
+    Tick,
+    WriteRequested,
+)
 from mesh.node import Node
 from mesh.ports import Transport
 
@@ -90,7 +99,8 @@ class NodeRuntime:
         self._transport = transport
         self._on_events = on_events
         self._clock = clock
-        self._queue: asyncio.Queue[list[Effect] | None] = asyncio.Queue()
+        # Each entry: one input's effects, and the request id when the input was a write.
+        self._queue: asyncio.Queue[tuple[list[Effect], int | None] | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connects: dict[str, asyncio.Task[None]] = {}
@@ -162,7 +172,8 @@ class NodeRuntime:
         with cyclic_gc_paused():
             effects = self.node.handle(event, self._clock())
         if effects:
-            self._queue.put_nowait(effects)
+            write = event.request_id if isinstance(event, WriteRequested) else None
+            self._queue.put_nowait((effects, write))
         self._wake.set()
 
     def new_request_id(self) -> tuple[int, asyncio.Future[Any]]:
@@ -216,16 +227,18 @@ class NodeRuntime:
 
     async def _execute(self) -> None:
         while True:
-            effects = await self._queue.get()
-            if effects is None:
+            entry = await self._queue.get()
+            if entry is None:
                 return
+            effects, write = entry
             try:
-                await self._run(effects)
+                await self._run(effects, write)
             except Exception:  # one failing effect must not stop every later one
                 self.stats.effect_failures += 1
                 log.exception("running %d effect(s) failed; the executor goes on", len(effects))
 
-    async def _run(self, effects: list[Effect]) -> None:
+    async def _run(self, effects: list[Effect], write: int | None = None) -> None:
+        """Carry out one input's effects in order; `write` is its request id for a write."""
         early: set[int] = set()  # indices of urgent Sends already made during a commit
         for index, effect in enumerate(effects):
             if index in early:
@@ -233,8 +246,9 @@ class NodeRuntime:
             self.stats.effects_run += 1
             if isinstance(effect, Persist):
                 # Urgent sends first: aiortc flushes a send in a task of its own, which then
-                # runs before the commit's task instead of after it.
-                if effect.change.ceiling_ms is None:
+                # runs before the commit's task instead of after it. Not while an earlier
+                # commit waits for a retry: the clock ceiling it carries is not on disk yet.
+                if effect.change.ceiling_ms is None and not self._committer.backlog:
                     early |= self._send_urgent_during_commit(effects, index)
                 commit = asyncio.ensure_future(self._committer.commit(effect.change))
                 try:
@@ -243,6 +257,8 @@ class NodeRuntime:
                     self.stats.persist_failures += 1
                     log.error("commit failed, %d effect(s) withheld: %s", len(effects), exc)
                     self._fail_writes(effects[index + 1 :], str(exc))
+                    if write is not None:  # a `peer`/`hub`/`all` write acks later: fail it now
+                        self._reject(write, WriteError(f"commit failed: {exc}", applied=False))
                     return
             elif isinstance(effect, Send):
                 self._send(effect)

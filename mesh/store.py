@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -12,6 +13,7 @@ from types import TracebackType
 from typing import Final, Self, TypeVar
 
 DB_FILENAME: Final = "memmesh.db"
+LOCK_FILENAME: Final = "memmesh.lock"  # held (flock) by the one process using the directory
 APPLICATION_ID: Final = 0x4D4D5348  # "MMSH"
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_MS: Final = 5000
@@ -156,18 +158,55 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
+class StoreBusyError(StoreError):
+    """Another process has the data directory open; nothing was read or written."""
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory's exclusive lock (`memmesh.lock`); return its descriptor.
+
+    One process at a time: a second one (a command while a daemon starts, two daemons)
+    would compact away the first one's rows, which its memory does not hold. A separate
+    file, because closing any descriptor of the database would drop SQLite's own locks.
+    """
+    path = data_dir / LOCK_FILENAME
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreBusyError(
+            f"{data_dir}: in use by another memmesh process (a daemon starting or running, "
+            "or another command); try again, or stop that process"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SqliteStore:
     """WAL-mode SQLite store; use from a single thread at a time (one writer thread owns it)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int | None = None) -> None:
         """Wrap an already opened and verified connection; use SqliteStore.open instead."""
         self._path = path
         self._conn: sqlite3.Connection | None = conn
+        self._lock_fd = lock_fd
 
     @classmethod
     def open(cls, data_dir: Path) -> SqliteStore:
         """Open or create data_dir/memmesh.db; raise StoreError subclasses for unusable files."""
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = _lock_data_dir(data_dir)
+        try:
+            return cls._open_locked(data_dir, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open_locked(cls, data_dir: Path, lock_fd: int) -> SqliteStore:
         path = data_dir / DB_FILENAME
         fresh = _inspect_existing(path)
         if fresh:
@@ -190,7 +229,7 @@ class SqliteStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: cannot configure database: {exc}") from exc
             raise
-        return cls(path, conn)
+        return cls(path, conn, lock_fd)
 
     @staticmethod
     def _initialise(path: Path, conn: sqlite3.Connection) -> None:
@@ -406,6 +445,9 @@ class SqliteStore:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)  # releases the data directory's lock
 
     def __enter__(self) -> Self:
         """Return self for use as a context manager."""

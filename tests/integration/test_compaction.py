@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from crdt.memory import NewItem
 from mesh.api import Mesh
-from mesh.store import SqliteStore
+from mesh.store import DB_FILENAME, SqliteStore
 
 TIERS = ("L1", "L2", "L3")
 N_ITEMS = 3_000
@@ -52,8 +53,12 @@ def _state(mesh: Mesh, ids: set[str]) -> dict[str, Any]:
 
 
 def _tier_stats(data_dir: Path) -> dict[str, Any]:
-    with SqliteStore.open(data_dir) as store:
-        return store.tier_stats()
+    """Read the store's tier stats through a second connection, even while a Mesh has it."""
+    conn = sqlite3.connect((data_dir / DB_FILENAME).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return SqliteStore(data_dir / DB_FILENAME, conn).tier_stats()
+    finally:
+        conn.close()
 
 
 async def _populate(mesh: Mesh, peer: Mesh, rng: random.Random) -> set[str]:

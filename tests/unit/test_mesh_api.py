@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from crdt.events import EventKind, EventsMissed, MemoryEvent
 from crdt.hlc import Timestamp
 from crdt.memory import NewItem
 from mesh.api import Mesh
-from mesh.store import SqliteStore
+from mesh.store import DB_FILENAME
 
 TIERS = ("L1", "L2", "L3")
 EVENT_TIMEOUT_S = 10.0  # generous: only reached when an expected event never comes
@@ -33,9 +34,14 @@ async def next_event(agen: Any) -> MemoryEvent:
 
 
 def store_rows(data_dir: Path) -> dict[str, int]:
-    """Update rows per tier, read through a second connection (WAL allows it)."""
-    with SqliteStore.open(data_dir) as store:
-        return {tier: stats.rows for tier, stats in store.tier_stats().items()}
+    """Update rows per tier, read through a second, read-only connection (WAL allows it)."""
+    uri = (data_dir / DB_FILENAME).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        rows = conn.execute("SELECT tier, count(*) FROM updates GROUP BY tier").fetchall()
+    finally:
+        conn.close()
+    return {str(tier): int(count) for tier, count in rows}
 
 
 def fingerprint(node: Mesh) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import mesh.committer as committer_module
 from crdt.errors import InvalidItemError
 from crdt.memory import Change, NewItem, TieredMemory
 from mesh.api import Mesh
-from mesh.store import SqliteStore
+from mesh.committer import GroupCommitter
+from mesh.store import SqliteStore, StoreFullError
 
 
 def batch(start: int, count: int) -> list[NewItem]:
@@ -81,3 +82,25 @@ async def test_the_next_batch_is_built_while_the_previous_one_commits(
         stored = await mesh.put_batches((batch(i * 10, 10) for i in range(4)), in_flight=2)
     assert stored == 40
     assert writing == [1, 1, 1, 1]  # one change per write: each started as soon as it came
+
+
+async def test_a_failed_retry_at_close_still_stops_the_thread_and_keeps_the_changes(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore.open(tmp_path)
+    committer = GroupCommitter(store)
+
+    def full(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreFullError(f"{tmp_path}: database or disk is full")
+
+    original = store.commit
+    store.commit = full  # type: ignore[method-assign]
+    change = Change(updates=(("L1", b"update"),))
+    with pytest.raises(StoreFullError):
+        await committer.commit(change)
+    with pytest.raises(StoreFullError):
+        await committer.close()  # its one retry fails too
+    assert committer._executor._shutdown  # the worker thread was stopped anyway
+    assert committer.backlog == 1  # and the change was not dropped
+    store.commit = original  # type: ignore[method-assign]
+    store.close()

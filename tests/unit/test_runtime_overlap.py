@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from crdt.memory import Change
 from mesh.effects import Effect, Persist, Send, WriteAcked
 from mesh.frames import Priority
-from mesh.runtime import NodeRuntime
+from mesh.runtime import NodeRuntime, WriteError
+from mesh.store import StoreFullError
 
 
 class SlowCommitter:
@@ -16,6 +19,7 @@ class SlowCommitter:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.release = asyncio.Event()
+        self.backlog = 0  # no earlier commit waits for a retry
 
     async def commit(self, change: Change) -> None:
         self.log.append("commit started")
@@ -32,12 +36,13 @@ class Recorder:
         return True
 
 
-def run(effects: list[Effect]) -> list[str]:
+def run(effects: list[Effect], *, backlog: int = 0) -> list[str]:
     """Run one effect list; release the commit once the loop is idle; return the log."""
     log: list[str] = []
 
     async def main() -> None:
         committer = SlowCommitter(log)
+        committer.backlog = backlog
         runtime = NodeRuntime(None, committer, Recorder(log))  # type: ignore[arg-type]
         _request, acked = runtime.new_request_id()
         acked.add_done_callback(lambda _f: log.append("acked"))
@@ -86,3 +91,30 @@ def test_normal_sends_wait_for_the_commit() -> None:
 def test_each_urgent_frame_is_sent_once() -> None:
     log = run(write(None, Priority.EMERGENCY))
     assert log.count("send update") == 1 and log.count("send later") == 1
+
+
+def test_no_urgent_send_before_its_commit_while_an_earlier_commit_waits_for_a_retry() -> None:
+    # The earlier, failed change may carry the clock ceiling that makes an early send safe.
+    log = run(write(None, Priority.CRITICAL), backlog=1)
+    assert log.index("committed") < log.index("send update")
+
+
+class FailingCommitter:
+    backlog = 0
+
+    async def commit(self, change: Change) -> None:
+        raise StoreFullError("disk full")
+
+
+def test_a_write_whose_commit_fails_is_failed_at_once_even_if_its_ack_comes_later() -> None:
+    async def main() -> WriteError:
+        runtime = NodeRuntime(None, FailingCommitter(), Recorder([]))  # type: ignore[arg-type]
+        request, answer = runtime.new_request_id()
+        # A `peer` write: its WriteAcked would come in a later effect list, after an ack.
+        await runtime._run([Persist(Change(updates=(("L1", b"u"),))), Send("p", b"u")], request)
+        with pytest.raises(WriteError) as failed:
+            await answer
+        return failed.value
+
+    error = asyncio.run(main())
+    assert error.applied is False and "disk full" in str(error)

@@ -57,8 +57,8 @@ async def test_the_timer_survives_a_tick_that_raises(caplog: pytest.LogCaptureFi
 async def test_the_executor_survives_an_effect_that_raises() -> None:
     transport = BrokenTransport()
     runtime = NodeRuntime(None, None, transport)  # type: ignore[arg-type]
-    runtime._queue.put_nowait([Send("p", b"boom")])
-    runtime._queue.put_nowait([Send("p", b"after")])
+    runtime._queue.put_nowait(([Send("p", b"boom")], None))
+    runtime._queue.put_nowait(([Send("p", b"after")], None))
     runtime._queue.put_nowait(None)
     await asyncio.wait_for(runtime._execute(), timeout=10)
     assert transport.sent == [b"after"]

@@ -305,3 +305,35 @@ def test_unusable_file_is_refused_and_untouched(
     with pytest.raises(error):  # still refused on a second attempt
         SqliteStore.open(tmp_path)
     assert path.read_bytes() == before
+
+
+async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
+    from mesh.api import Mesh
+    from mesh.store import StoreBusyError
+
+    async with Mesh.open(tmp_path) as first:
+        await first.put("L1", "kept", id="kept")
+        with pytest.raises(StoreBusyError, match=str(tmp_path)):
+            SqliteStore.open(tmp_path)
+        with pytest.raises(StoreBusyError):
+            async with Mesh.open(tmp_path):
+                pass
+        assert (await first.get("kept")).content == "kept"  # the first one is unaffected
+    async with Mesh.open(tmp_path) as again:  # released on close
+        assert (await again.get("kept")).content == "kept"
+
+
+async def test_compaction_trims_the_event_log_to_the_ring_size(tmp_path: Path) -> None:
+    import dataclasses
+
+    from crdt.config import MemoryConfig
+    from mesh.api import Mesh
+
+    config = dataclasses.replace(MemoryConfig.default(), event_capacity=50)
+    async with Mesh.open(tmp_path, config=config) as mesh:
+        for i in range(120):
+            await mesh.put("L1", f"item {i}", id=f"i{i}")
+        assert await mesh._running().run(lambda s: len(s.events_since(0))) == 120
+        await mesh.compact()
+        kept = await mesh._running().run(lambda s: [seq for seq, _ in s.events_since(0)])
+    assert kept == list(range(71, 121))
