@@ -20,6 +20,7 @@ from crdt.memory import Change
 from mesh.store import SqliteStore
 
 _T = TypeVar("_T")
+RETRY_AFTER_S = 1.0  # a failed commit with nothing queued after it is retried this soon
 
 
 @dataclass(slots=True)
@@ -40,6 +41,8 @@ class GroupCommitter:
         self._queue: list[_Pending] = []
         self._backlog: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._closing = False
         self._max_batch = max_batch
         self.commits = 0
         self.changes_committed = 0
@@ -106,14 +109,30 @@ class GroupCommitter:
                         if not waiter.done():
                             waiter.set_result(None)
             if not self._queue:
+                if self._backlog:  # nothing else would retry it: a quiet node stays behind
+                    self._schedule_retry()
                 return
             batch, writing = self._start_write()
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None and not self._closing:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        idle = self._flushing is None or self._flushing.done()
+        if self._backlog and idle and not self._closing:
+            self._flushing = asyncio.create_task(self._flush_loop(self._start_write()))
 
     async def close(self) -> None:
         """Flush, retry any backlog once, then stop the worker thread (also if that fails).
 
         A failed retry raises; its changes stay in `backlog`, since nothing wrote them.
         """
+        self._closing = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         try:
             await self.flush()
             if self._backlog:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,3 +105,32 @@ async def test_a_failed_retry_at_close_still_stops_the_thread_and_keeps_the_chan
     assert committer.backlog == 1  # and the change was not dropped
     store.commit = original  # type: ignore[method-assign]
     store.close()
+
+
+async def test_a_failed_commit_is_retried_on_its_own_when_nothing_else_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(committer_module, "RETRY_AFTER_S", 0.01)
+    store = SqliteStore.open(tmp_path)
+    committer = GroupCommitter(store)
+    original, failures = store.commit, [1]
+
+    def full_once(**kwargs: Any) -> None:
+        if failures:
+            failures.pop()
+            raise StoreFullError(f"{tmp_path}: database or disk is full")
+        original(**kwargs)
+
+    store.commit = full_once  # type: ignore[method-assign]
+    with pytest.raises(StoreFullError):
+        await committer.commit(Change(updates=(("L1", b"update"),)))
+    assert committer.backlog == 1
+    for _ in range(500):  # the retry runs on the loop, with no new commit to carry it
+        if committer.backlog == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert committer.backlog == 0
+    await committer.close()
+    store.close()
+    with SqliteStore.open(tmp_path) as reopened:
+        assert reopened.last_update_id("L1") == 1
