@@ -198,17 +198,17 @@ class SqliteStore:
     def open(cls, data_dir: Path) -> SqliteStore:
         """Open or create data_dir/memmesh.db; raise StoreError subclasses for unusable files."""
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = data_dir / DB_FILENAME
+        fresh = _inspect_existing(path)  # read-only: a bad file is refused before anything
         lock_fd = _lock_data_dir(data_dir)
         try:
-            return cls._open_locked(data_dir, lock_fd)
+            return cls._open_locked(path, fresh, lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
 
     @classmethod
-    def _open_locked(cls, data_dir: Path, lock_fd: int) -> SqliteStore:
-        path = data_dir / DB_FILENAME
-        fresh = _inspect_existing(path)
+    def _open_locked(cls, path: Path, fresh: bool, lock_fd: int) -> SqliteStore:
         if fresh:
             _create_private_file(path)
         try:
