@@ -356,6 +356,10 @@ class Mesh:
     async def _through_node(self, **fields: Any) -> WriteAcked:
         runtime = self._runtime
         assert runtime is not None
+        if runtime.closed:  # it would ignore the input: the write would wait forever
+            from mesh.runtime import WriteError
+
+            raise WriteError("the node's runtime is closed; nothing was written", applied=False)
         request_id, future = runtime.new_request_id()
         runtime.submit(WriteRequested(request_id, **fields))
         result: WriteAcked = await future

@@ -176,6 +176,11 @@ class NodeRuntime:
             self._queue.put_nowait((effects, write))
         self._wake.set()
 
+    @property
+    def closed(self) -> bool:
+        """Return True once `close()` has begun: inputs are ignored from then on."""
+        return self._closed
+
     def new_request_id(self) -> tuple[int, asyncio.Future[Any]]:
         """Return a request id and the future its answer (WriteAcked, LeaseAnswered...) resolves."""
         request_id = self._next_request

@@ -515,3 +515,21 @@ async def test_observed_remote_clock_is_persisted_across_reopen(
         assert mine.updated > remote.updated
         assert (await local.get("k")).content == "local edit after restart"
         assert local.conflicts("k") == ()
+
+
+async def test_a_write_through_a_closed_runtime_fails_instead_of_waiting(tmp_path: Path) -> None:
+    from mesh.runtime import WriteError
+
+    class ClosedRuntime:
+        closed = True
+
+        def submit(self, _event: object) -> None:
+            raise AssertionError("a closed runtime takes no input")
+
+    async with Mesh.open(tmp_path / "n") as node:
+        node.attach(ClosedRuntime())  # type: ignore[arg-type]
+        with pytest.raises(WriteError, match="closed") as failed:
+            await asyncio.wait_for(node.put("L1", "lost?", id="x"), timeout=5)
+        assert failed.value.applied is False
+        node.attach(None)
+        assert "x" not in node.memory
