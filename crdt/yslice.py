@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crdt.ywire import WireFormatError, read_var_uint
+from crdt.ywire import WireFormatError, read_var_uint, write_var_uint
 
 _EMPTY_DELETE_SET = b"\x00"
 # Content refs (the low 5 bits of a struct's info byte).
@@ -58,11 +58,12 @@ class SlicePlan:
     def slice(self, index: int) -> bytes:
         """Return slice `index` as a v1 update (the last one carries the delete set)."""
         runs = self.parts[index]
-        out = bytearray(_var_uint(len(runs)))
+        out = bytearray(write_var_uint(len(runs)))
         for group_index, first, stop in runs:
             group = self.groups[group_index]
             head, last = group.structs[first], group.structs[stop - 1]
-            out += _var_uint(stop - first) + _var_uint(group.client) + _var_uint(head.clock)
+            out += write_var_uint(stop - first) + write_var_uint(group.client)
+            out += write_var_uint(head.clock)
             out += self.update[head.start : last.end]
         out += self.delete_set if index == len(self.parts) - 1 else _EMPTY_DELETE_SET
         return bytes(out)
@@ -293,12 +294,3 @@ def _checked_end(data: bytes, pos: int, size: int) -> int:
     if end > len(data):
         raise WireFormatError("truncated update")
     return end
-
-
-def _var_uint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -8,6 +8,16 @@ class WireFormatError(ValueError):
     """The bytes are not the Yjs encoding they claim to be."""
 
 
+def write_var_uint(value: int) -> bytes:
+    """Return the lib0 variable-length encoding of an unsigned int (`read_var_uint`'s input)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """Return (value, next position) of the lib0 variable-length unsigned int at `pos`."""
     value = 0

@@ -7,29 +7,21 @@ import pytest
 from crdt.memory import TieredMemory
 from crdt.tier import CorruptUpdateError
 from crdt.yslice import MAX_ANY_DEPTH, check_update
-from crdt.ywire import WireFormatError
-
-
-def _var_uint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+from crdt.ywire import WireFormatError, write_var_uint
 
 
 def _string(text: str) -> bytes:
     raw = text.encode()
-    return _var_uint(len(raw)) + raw
+    return write_var_uint(len(raw)) + raw
 
 
 def nested_update(depth: int, *, client: int = 999) -> bytes:
     """One map entry `a/w` of the root map whose value is [[[...null...]]] `depth` deep."""
     value = bytes([117, 1]) * depth + bytes([126])  # lib0 any: array of 1, ..., null
-    struct = bytes([8 | 0x20]) + _var_uint(1) + _string("items") + _string("a/w")
-    struct += _var_uint(1) + value  # ContentAny with one value
-    return _var_uint(1) + _var_uint(1) + _var_uint(client) + _var_uint(0) + struct + b"\x00"
+    struct = bytes([8 | 0x20]) + write_var_uint(1) + _string("items") + _string("a/w")
+    struct += write_var_uint(1) + value  # ContentAny with one value
+    header = b"".join(map(write_var_uint, (1, 1, client, 0)))  # 1 group of 1 struct, clock 0
+    return header + struct + b"\x00"
 
 
 def test_check_update_accepts_the_limit_and_refuses_one_more() -> None:
