@@ -70,10 +70,7 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._queue.append(_Pending(change, [waiter]))
-        if self._flushing is None or self._flushing.done():
-            # Hand the first batch to the store thread now, not when the flush task first
-            # runs: the caller may build its next change meanwhile (Mesh.put_batches).
-            self._flushing = asyncio.create_task(self._flush_loop(self._start_write()))
+        self._start_flush()
         await waiter
 
     async def flush(self) -> None:
@@ -120,8 +117,14 @@ class GroupCommitter:
 
     def _retry_now(self) -> None:
         self._retry = None
-        idle = self._flushing is None or self._flushing.done()
-        if self._backlog and idle and not self._closing:
+        if self._backlog and not self._closing:
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        """Start writing what waits, unless a flush already runs (it takes it next)."""
+        if self._flushing is None or self._flushing.done():
+            # Hand the first batch to the store thread now, not when the flush task first
+            # runs: the caller may build its next change meanwhile (Mesh.put_batches).
             self._flushing = asyncio.create_task(self._flush_loop(self._start_write()))
 
     async def close(self) -> None:
