@@ -93,20 +93,15 @@ class MemoryEvent:
 
     def to_json_text(self) -> str:
         """Return `json.dumps(self.to_json(), separators=(",", ":"))` (quicker for no detail)."""
-        if self.detail or type(self.seq) is not int or type(self.wall_ms) is not int:
-            return json.dumps(self.to_json(), separators=(",", ":"))
-        strings = (self.hlc, self.tier, self.item_id, self.kind.value, self.origin, self.author)
-        if any(type(value) is not str for value in strings):
-            return json.dumps(self.to_json(), separators=(",", ":"))
-        hlc, tier, item_id, kind, origin, author = map(_json_ascii, strings)
-        return (
-            f'{{"seq":{self.seq},"hlc":{hlc},"wall_ms":{self.wall_ms},"tier":{tier},'
-            f'"item_id":{item_id},"kind":{kind},"origin":{origin},"author":{author},"detail":{{}}}}'
-        )
+        return MemoryEvent.json_rows((self,))[0][1]
 
     @staticmethod
     def json_rows(events: Iterable[MemoryEvent]) -> list[tuple[int, str]]:
-        """Return `(seq, to_json_text())` per event; quicker for a batch sharing its fields."""
+        """Return `(seq, to_json_text())` per event; quicker for a batch sharing its fields.
+
+        An event with no detail and the usual field types is formatted directly, as
+        `json.dumps` with compact separators would; any other goes through `json.dumps`.
+        """
         quoted: dict[tuple[object, ...], tuple[str, ...]] = {}  # one batch repeats these
         rows: list[tuple[int, str]] = []
         for ev in events:
@@ -125,7 +120,7 @@ class MemoryEvent:
                 or type(hlc) is not str
                 or type(item_id) is not str
             ):
-                rows.append((seq, ev.to_json_text()))
+                rows.append((seq, json.dumps(ev.to_json(), separators=(",", ":"))))
                 continue
             tier, kind, origin, author = fixed
             rows.append(
