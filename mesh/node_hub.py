@@ -176,6 +176,10 @@ class HubRole:
             router.counters.hub_notified += 1
         return self._send_sync(peers, message, priority, flags)
 
+    def _one_frame_cap(self) -> int:
+        """Return the largest frame both `_send` (default limits) and receivers accept."""
+        return min(self.config.limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes)
+
     def _relay_frame(self, message: MemorySync, priority: Priority, flags: Flags) -> bytes | None:
         """Return `message` encoded to travel in one HUB_RELAY, or None if it cannot fit one.
 
@@ -186,9 +190,7 @@ class HubRole:
         it had left the outbox, so it was never sent (and the daemon's timer task died).
         """
         limits = self.config.limits
-        # The envelope goes out with the default limits (`_send`) and is read with the
-        # receivers' own (`config.limits`): it must fit both.
-        cap = min(limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes) - RELAY_OVERHEAD
+        cap = self._one_frame_cap() - RELAY_OVERHEAD
         if len(message.body) + FRAME_OVERHEAD > limits.max_decompressed_bytes:
             return None  # no receiver would unpack it whole, however well it compresses
         # Encode without the frame cap (only the checks a receiver makes on the content),
@@ -357,9 +359,8 @@ class HubRole:
                 return []
             return [self._send(hub.id, report, Priority.LOW)]
         router.board.put(report, self._now)
-        # One frame, sent with the default limits and read with the receivers' own: the
-        # board leaves out the stalest reports that would go over (see StatsBoard).
-        cap = min(self.config.limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes)
+        # The board leaves out the stalest reports that would go over (see StatsBoard).
+        cap = self._one_frame_cap()
         publish = router.board.publish(self.node_id, hub.term, self._now, max_bytes=cap)
         router.view = MeshStats(self.node_id, hub.term, publish.reports, self._now)
         return [self._send(p, publish, Priority.LOW) for p in sorted(self._links)]
