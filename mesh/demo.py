@@ -116,6 +116,7 @@ def run_demo(*, keep: bool = False) -> int:
             print(f"  {name:<6} {setup.identity.node_id} joined with the token")
 
         print("\n== 2. Start three daemons (separate processes)")
+        launched = time.monotonic()
         for name in NAMES:
             log = (root / f"{name}.log").open("wb")
             processes[name] = subprocess.Popen(
@@ -144,8 +145,9 @@ def run_demo(*, keep: bool = False) -> int:
             peers = call(dirs[name], "peers")
             return sum(1 for p in peers if p["state"] == "connected") >= len(NAMES) - 1
 
-        took = _wait("every node to link to the two others", lambda: all(map(linked, NAMES)), 60)
-        print(f"  full mesh after {took:.1f} s:")
+        _wait("every node to link to the two others", lambda: all(map(linked, NAMES)), 60)
+        # Timed from the first launch: the links often form while the others still start.
+        print(f"  full mesh {time.monotonic() - launched:.1f} s after the first daemon started:")
         for name in NAMES:
             for peer in call(dirs[name], "peers"):
                 rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']:.1f} ms"
