@@ -213,6 +213,9 @@ def _offline_status(mesh: Mesh) -> dict[str, Any]:
         "members": 0,
         "hub": None,
         "is_hub": False,
+        "uptime_s": None,
+        "bad_frames": 0,
+        "transfers": [],
     }
 
 

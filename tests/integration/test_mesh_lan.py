@@ -111,6 +111,11 @@ def test_five_nodes_converge_after_writes_everywhere(cluster: lan.Cluster) -> No
     got = nodes[3].get("conv-n1-4")
     assert got is not None and got["tier"] == "L2" and got["author"] == nodes[0].node_id
     cluster.stop_all()
+    # Without its daemon, `status --json` keeps the same keys (offline values) for scripts.
+    offline = json.loads(lan.memmesh("status", "--data-dir", nodes[0].data_dir, "--json").stdout)
+    assert offline["daemon"] is False and statuses[0]["daemon"] is True
+    assert offline.keys() == statuses[0].keys()
+    assert offline["tiers"] == statuses[0]["tiers"]
 
 
 # --------------------------------------------------------------------- 2. partition and heal

@@ -50,3 +50,4 @@ def test_offline_status_has_the_daemon_keys_with_offline_values(
     assert status["mesh_id"] == setup.credentials.mesh_id
     assert status["hub"] is None and status["is_hub"] is False and status["peers"] == 0
     assert {"node_id", "tiers", "profile"} <= status.keys()
+    assert status["uptime_s"] is None and status["bad_frames"] == 0 and status["transfers"] == []
