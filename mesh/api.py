@@ -32,7 +32,7 @@ from mesh.identity import NodeIdentity
 from mesh.inputs import AckLevel, WriteRequested
 from mesh.leases import LeaseRequest
 from mesh.leases import release as release_lease
-from mesh.store import SqliteStore, StoreCorruptError, StoreError
+from mesh.store import SqliteStore, StoreCorruptError, StoreError, TierStoreStats
 
 if TYPE_CHECKING:
     from mesh.runtime import NodeRuntime
@@ -49,6 +49,16 @@ _USED_CLIENT_IDS_KEPT = 3_000
 def wall_ms() -> int:
     """Return the physical time in milliseconds (the only clock read of the node)."""
     return time.time_ns() // 1_000_000
+
+
+def _has_many_rows(stats: TierStoreStats) -> bool:
+    """Return True when a tier's update log is worth folding at close."""
+    return stats.rows > COMPACT_AFTER_ROWS
+
+
+def _log_outgrew_snapshot(stats: TierStoreStats) -> bool:
+    """Return True when a tier's log is long and at least half its snapshot's size."""
+    return _has_many_rows(stats) and 2 * stats.update_bytes >= stats.snapshot_bytes
 
 
 def new_item_id() -> str:
@@ -186,7 +196,7 @@ class Mesh:
             return
         self._committer = None
         try:
-            await self._compact_if_needed(committer, threshold=COMPACT_AFTER_ROWS)
+            await self._compact_if_needed(committer, _has_many_rows)
         finally:
             try:
                 await committer.close()
@@ -460,10 +470,18 @@ class Mesh:
 
     async def compact(self) -> dict[str, int]:
         """Replace every tier's update log by one snapshot; return rows removed per tier."""
-        return await self._compact_if_needed(self._running(), threshold=0)
+        return await self._compact_if_needed(self._running(), lambda stats: stats.rows > 0)
+
+    async def compact_due(self) -> dict[str, int]:
+        """Compact only tiers whose log is long and at least half its snapshot's size.
+
+        A running daemon calls this periodically: the log stays bounded, and rewriting a
+        big snapshot costs at most about twice the bytes logged since the last one.
+        """
+        return await self._compact_if_needed(self._running(), _log_outgrew_snapshot)
 
     async def _compact_if_needed(
-        self, committer: GroupCommitter, *, threshold: int
+        self, committer: GroupCommitter, due: Callable[[TierStoreStats], bool]
     ) -> dict[str, int]:
         if self._memory is None:
             return {}
@@ -473,7 +491,7 @@ class Mesh:
         removed: dict[str, int] = {}
         for tier in memory.tiers:
             tier_stats = stats.get(tier)
-            if tier_stats is None or tier_stats.rows <= threshold:
+            if tier_stats is None or not due(tier_stats):
                 continue
             # Bound first, snapshot second: every row up to the bound was applied to memory
             # before it was committed, so the snapshot holds it; later rows stay as rows.

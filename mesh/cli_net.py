@@ -54,6 +54,14 @@ def add_network_commands(sub: Any, command: Any) -> None:
     )
     p.add_argument("--port", type=int, default=0, help="signaling TCP port (default: any)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
+    p.add_argument(
+        "--compact-every",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="check every S seconds whether a tier's update log is due for compaction "
+        "(default 300; 0 turns it off)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
     p = command("peers", cmd_peers, "list peers of the running daemon")
@@ -111,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             interfaces=tuple(args.interface),
             signaling_port=args.port,
             metrics_port=args.metrics_port,
+            compact_every_s=args.compact_every,
         )
     )
     return 0

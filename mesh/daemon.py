@@ -49,6 +49,7 @@ class DaemonOptions:
     interfaces: tuple[str, ...] = ()
     signaling_port: int = 0
     metrics_port: int | None = None
+    compact_every_s: float = 300.0  # 0: never compact while running (only at shutdown)
 
 
 def item_json(item: MemoryItem) -> dict[str, Any]:
@@ -150,6 +151,7 @@ class Daemon:
                     # its peers would claim the hub role and could unseat a healthy hub.
                     first_tick = loop.call_later(DISCOVERY_GRACE_S, runtime.tick)
                     metrics = await self._start_metrics()
+                    maintenance = asyncio.create_task(self.compact_periodically(mesh))
                     log.info(
                         "node %s up: mesh %s, profile %s, signaling port %d",
                         setup.identity.node_id,
@@ -160,9 +162,29 @@ class Daemon:
                     await self._stop.wait()
                     log.info("shutting down: flushing")
                     first_tick.cancel()
+                    maintenance.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await maintenance
                     if metrics is not None:
                         metrics.close()
                 mesh.attach(None)
+
+    async def compact_periodically(self, mesh: Mesh) -> None:
+        """Fold long update logs into snapshots every `compact_every_s` until stopped."""
+        every = self.options.compact_every_s
+        if every <= 0:
+            return
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=every)
+                return
+            try:
+                removed = await mesh.compact_due()
+            except Exception as exc:  # e.g. a full disk: keep serving, try again later
+                log.warning("compaction failed, will retry: %s", exc)
+                continue
+            if removed:
+                log.info("compacted update logs: %s rows folded into snapshots", removed)
 
     def _static_discovery(
         self, bootstrap: tuple[str, ...], transport: WebRtcTransport, tiers: tuple[str, ...]
