@@ -7,8 +7,24 @@ venv="$root/.venv"
 stamp="$venv/.memmesh-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ]; then
-  echo "memmesh: creating virtual environment in $venv" >&2
-  python3 -m venv "$venv"
+  # The first Python 3.11+ found: $PYTHON if set, then python3, then versioned names.
+  python=""
+  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      python="$candidate"
+      break
+    fi
+  done
+  if [ -z "$python" ]; then
+    echo "memmesh: needs Python 3.11 or later (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+  fi
+  echo "memmesh: creating virtual environment in $venv with $python" >&2
+  if ! "$python" -m venv "$venv"; then
+    echo "memmesh: '$python -m venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2
+    exit 1
+  fi
 fi
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "memmesh: installing memmesh and its dependencies (first run takes a minute)" >&2
