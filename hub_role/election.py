@@ -202,6 +202,14 @@ class Election:
         self._hub_claim = claim
         return ClaimOutcome(True, True)
 
+    def next_term(self, now: float) -> HubClaim:
+        """As the hub, serve the next term (its lease tokens ran out); return its claim to flood.
+
+        Followers take a claim of their hub with a higher term as news and follow it there.
+        """
+        assert self._hub is not None and self.is_hub
+        return self._become_hub(max(self._known_term, self._hub.term) + 1, now)
+
     def vouch(self, now: float) -> None:
         """The hub is known alive by other means (SWIM), though its heartbeats do not reach us."""
         if self._hub is not None and not self.is_hub:

@@ -43,6 +43,10 @@ class LeaseLimitReached(Exception):
     """The table refused a new name: it holds as many live leases as it may (the reason)."""
 
 
+class TermExhausted(Exception):
+    """Every token of the table's term is granted: only `set_term` to a higher term helps."""
+
+
 class LeaseTable:
     """The hub's lease table for one hub node; `set_term` on every new term it serves.
 
@@ -50,7 +54,9 @@ class LeaseTable:
     calls on its timer), and a request for a name nobody holds is refused with
     `LeaseLimitReached` while `max_leases` names are held, or `max_per_holder` by the
     requester. Renewals are always granted. A refusal takes no token, so tokens keep
-    growing grant after grant whatever is pruned or refused.
+    growing grant after grant whatever is pruned or refused. A term has
+    `MAX_GRANTS_PER_TERM` tokens; once they are all granted (`exhausted`) the table grants
+    nothing more until it serves a higher term.
     """
 
     def __init__(
@@ -59,12 +65,15 @@ class LeaseTable:
         *,
         max_leases: int = MAX_LEASES,
         max_per_holder: int = MAX_LEASES_PER_HOLDER,
+        grants: int = 0,
     ) -> None:
-        """Start empty, serving `term`."""
+        """Start empty, serving `term`, with `grants` of its tokens already granted."""
         if max_leases < 1 or max_per_holder < 1:
             raise ValueError("max_leases and max_per_holder must be >= 1")
+        if not 0 <= grants <= MAX_GRANTS_PER_TERM:
+            raise ValueError(f"grants must be in [0, {MAX_GRANTS_PER_TERM}]")
         self._term = term
-        self._grants = 0
+        self._grants = grants
         self.max_leases = max_leases
         self.max_per_holder = max_per_holder
         self._leases: dict[str, Lease] = {}
@@ -77,6 +86,11 @@ class LeaseTable:
     def term(self) -> int:
         """Return the term the table grants in."""
         return self._term
+
+    @property
+    def exhausted(self) -> bool:
+        """Return True when every token of the term is granted (serve a higher term to go on)."""
+        return self._grants >= MAX_GRANTS_PER_TERM
 
     def set_term(self, term: int) -> None:
         """Serve a new (higher) term: later tokens exceed every token of earlier terms."""
@@ -112,7 +126,8 @@ class LeaseTable:
         """Grant (or renew, with a new token) `name` to `node_id`; else return the holder's.
 
         Raise LeaseLimitReached, granting nothing, for a name not held while the table
-        (or `node_id`) is at its limit.
+        (or `node_id`) is at its limit; raise TermExhausted, granting nothing, for a grant
+        while `exhausted`.
         """
         self.prune(now)
         current = self.holder(name, now)
@@ -128,8 +143,8 @@ class LeaseTable:
                     f"{node_id} holds {self.max_per_holder} leases, the limit per node: "
                     "release some first"
                 )
-        if self._grants >= MAX_GRANTS_PER_TERM:
-            raise OverflowError("lease grants exhausted for this term")
+        if self.exhausted:
+            raise TermExhausted(f"all {MAX_GRANTS_PER_TERM} lease tokens of term {self._term} used")
         self._grants += 1
         token = (self._term << TERM_SHIFT) | self._grants
         lease = Lease(name, node_id, token, self._term, now + ttl_s)

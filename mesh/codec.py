@@ -42,6 +42,7 @@ MAX_GOSSIP: Final = 64
 MAX_DETAIL: Final = 32
 MAX_DIM: Final = 4096  # float32 components of a query vector (crdt.codecs.MAX_DIM)
 MAX_K: Final = 1000
+MAX_QUERY_IDS: Final = 1000  # ids one MEMORY_QUERY may name (each answer is a record lookup)
 U16: Final = 0xFFFF
 U32: Final = 0xFFFF_FFFF
 U64: Final = 0xFFFF_FFFF_FFFF_FFFF
@@ -227,7 +228,8 @@ def _query(f: list[Any], limits: Limits) -> m.MemoryQuery:
     vector = _sized(f[2], "vector", bytes, 4 * MAX_DIM)
     if len(vector) % 4:
         raise MessageError(f"vector: {len(vector)} bytes is not a whole number of float32")
-    ids = tuple(_item(x, "ids") for x in _sized(f[4], "ids", list, limits.max_batch_count))
+    id_cap = min(MAX_QUERY_IDS, limits.max_batch_count)
+    ids = tuple(_item(x, "ids") for x in _sized(f[4], "ids", list, id_cap))
     return m.MemoryQuery(
         _int(f[0], "query_id", U64), _tier(f[1]), vector, _int(f[3], "k", MAX_K), ids
     )
@@ -477,6 +479,29 @@ def stats_publish_overhead(hub_id: str) -> int:
     bounds the whole frame: compression is kept only when it makes the payload smaller.
     """
     return HEADER.size + 1 + 1 + 3 + len(hub_id.encode("utf-8", "replace")) + 9 + 5
+
+
+def response_entry_bytes(item_id: str, value: str | float) -> int:
+    """Return the bytes one record or hit adds to a MEMORY_RESPONSE payload (before compression).
+
+    An entry that cannot be packed (a lone surrogate in a string) counts as too large to send.
+    """
+    try:
+        return len(msgpack.packb([item_id, value], use_bin_type=True))
+    except (ValueError, TypeError, OverflowError):
+        return U64
+
+
+def response_overhead(response: m.MemoryResponse) -> int:
+    """Return an upper bound on a MEMORY_RESPONSE frame's bytes besides its records and hits.
+
+    Header, and the payload with both lists empty plus the 4 bytes each list's header may
+    grow by. With `response_entry_bytes` of every entry added, this bounds the whole frame:
+    compression is kept only when it makes the payload smaller.
+    """
+    _kind, fields = _to_wire(m.MemoryResponse(response.query_id, response.ok, error=response.error))
+    payload = msgpack.packb([int(MsgType.MEMORY_RESPONSE), *fields], use_bin_type=True)
+    return HEADER.size + len(payload) + 2 * 4
 
 
 def batch_count_of(msg: Message) -> int:

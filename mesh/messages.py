@@ -132,13 +132,22 @@ class MemoryQuery:
 
 @dataclass(frozen=True, slots=True)
 class MemoryResponse:
-    """MEMORY_RESPONSE: records (the tier-document JSON) and search hits, or an error."""
+    """MEMORY_RESPONSE: records (the tier-document JSON) and search hits, or an error.
+
+    An ok response with an `error` is partial: it left out entries to fit one frame, and
+    `error` says how many.
+    """
 
     query_id: int
     ok: bool
     records: tuple[tuple[str, str], ...] = ()  # (item_id, record json)
     hits: tuple[tuple[str, float], ...] = ()  # (item_id, score), best first
     error: str = ""
+
+    @property
+    def partial(self) -> bool:
+        """Return True if the answerer left out records or hits to stay within one frame."""
+        return self.ok and bool(self.error)
 
 
 @dataclass(frozen=True, slots=True)

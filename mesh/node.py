@@ -22,7 +22,13 @@ from hub_role.router import HubRouter
 from hub_role.signing import Ed25519Verifier, Signer, Verifier
 from mesh.acks import AckTracker
 from mesh.chunking import Reassembler, max_chunk_for, split_body
-from mesh.codec import decode_message, encode_message
+from mesh.codec import (
+    MessageError,
+    decode_message,
+    encode_message,
+    response_entry_bytes,
+    response_overhead,
+)
 from mesh.config import NodeConfig
 from mesh.effects import (
     Connect,
@@ -36,7 +42,7 @@ from mesh.effects import (
     WriteAcked,
     WriteFailed,
 )
-from mesh.frames import Flags, Frame, FrameError, Priority
+from mesh.frames import DEFAULT_LIMITS, Flags, Frame, FrameError, Priority
 from mesh.inputs import (
     AckLevel,
     FrameReceived,
@@ -866,7 +872,11 @@ class Node(HubRole):
         if request.vector is not None:
             vector = np.asarray(request.vector, dtype="<f4").tobytes()
         message = MemoryQuery(query_id, request.tier, vector, request.k, request.ids)
-        return [self._send(request.peer_id, message, Priority.HIGH)]
+        try:
+            return [self._send(request.peer_id, message, Priority.HIGH)]
+        except MessageError as exc:  # e.g. more ids than a query may carry: the caller's error
+            del self._queries[query_id]
+            return [QueryAnswered(request.request_id, False, error=str(exc))]
 
     def _answer_query(self, peer_id: str, query: MemoryQuery) -> Send:
         if query.tier not in self.config.tiers:
@@ -881,15 +891,41 @@ class Node(HubRole):
                 hits = [(h.item_id, h.score) for h in found]
         except ValueError as exc:
             return self._send(peer_id, MemoryResponse(query.query_id, False, error=str(exc)))
-        records = []
-        for item_id in [*query.ids, *(h for h, _s in hits)]:
-            if item_id in self.memory:
-                item = self.memory.get(item_id)
-                if item.tier == query.tier:
-                    records.append((item_id, to_record(item)))
-        return self._send(
-            peer_id, MemoryResponse(query.query_id, True, tuple(records), tuple(hits))
+        # Fit one frame (records can be up to ~1 MiB each): entries that would go over are
+        # left out, and the answer says how many. Sizes are counted before compression.
+        wanted = dict.fromkeys([*query.ids, *(h for h, _s in hits)])  # each id answered once
+        worst = MemoryResponse(query.query_id, True, error=_left_out(len(wanted) + len(hits)))
+        room = self._one_frame_cap() - response_overhead(worst)
+        slots = min(self.config.limits.max_batch_count, DEFAULT_LIMITS.max_batch_count)
+        kept_hits: list[tuple[str, float]] = []
+        for hit in hits:  # best first: keep the best that fit
+            size = response_entry_bytes(*hit)
+            if size > room or not slots:
+                break
+            kept_hits.append(hit)
+            room, slots = room - size, slots - 1
+        left_out = len(hits) - len(kept_hits)
+        records: list[tuple[str, str]] = []
+        for item_id in wanted:
+            if item_id not in self.memory:
+                continue
+            item = self.memory.get(item_id)
+            if item.tier != query.tier:
+                continue
+            if len(item.content) > room:  # the content alone is over: skip building it
+                left_out += 1
+                continue
+            record = to_record(item)
+            size = response_entry_bytes(item_id, record)
+            if size <= room and slots:
+                records.append((item_id, record))
+                room, slots = room - size, slots - 1
+            else:
+                left_out += 1
+        response = MemoryResponse(
+            query.query_id, True, tuple(records), tuple(kept_hits), _left_out(left_out)
         )
+        return self._send(peer_id, response)
 
     def _on_query_response(self, response: MemoryResponse) -> list[Effect]:
         pending = self._queries.pop(response.query_id, None)
@@ -898,7 +934,7 @@ class Node(HubRole):
         request_id, _deadline = pending
         if not response.ok:
             return [QueryAnswered(request_id, False, error=response.error)]
-        return [QueryAnswered(request_id, True, result=response)]
+        return [QueryAnswered(request_id, True, result=response, error=response.error)]
 
     # ----------------------------------------------------------------- timers
 
@@ -956,3 +992,8 @@ class Node(HubRole):
         if effects:
             effects.extend(self._maintain_links())
         return effects
+
+
+def _left_out(count: int) -> str:
+    """Return the note of a partial MEMORY_RESPONSE for `count` entries left out ("" for none)."""
+    return f"partial: {count} entries left out to fit one frame" if count else ""

@@ -390,26 +390,37 @@ class HubRole:
         if hub is None:
             return [LeaseAnswered(rid, name, False, error="no hub")]
         if router.is_hub:
-            grant = self._grant_lease(rid, name, self.node_id, request.ttl_s)
-            return [self._lease_answer(rid, grant)]
+            effects, grant = self._grant_lease(rid, name, self.node_id, request.ttl_s)
+            return [*effects, self._lease_answer(rid, grant)]
         lease_id = router.new_lease_id()
         router.lease_pending[lease_id] = (rid, name, self._now + request.timeout_s)
         ttl_ms = max(1, int(request.ttl_s * 1000))
         message = LeaseRequest(lease_id, self.node_id, name, ttl_ms)
         return [self._send(hub.id, message, Priority.HIGH)]
 
-    def _grant_lease(self, request_id: int, name: str, node_id: str, ttl_s: float) -> LeaseGrant:
+    def _grant_lease(
+        self, request_id: int, name: str, node_id: str, ttl_s: float
+    ) -> tuple[list[Effect], LeaseGrant]:
+        """As the hub, answer a lease request; also return the claims of a new term, if any."""
         router = self._hub_router()
         hub = router.hub
         assert hub is not None and router.is_hub
         router.leases.set_term(hub.term)
+        effects: list[Effect] = []
+        if router.leases.exhausted:
+            # Every token of this term is granted: the next term's tokens are all larger, so
+            # fencing holds, and the table (its holders) carries over.
+            effects = self._flood_claims([router.election.next_term(self._now)])
+            hub = router.hub
+            assert hub is not None
+            router.leases.set_term(hub.term)
         try:
             granted, lease = router.leases.request(name, node_id, ttl_s, self._now)
         except LeaseLimitReached:
-            return LeaseGrant(request_id, name, LEASE_LIMIT_HOLDER, False, 0, hub.term, 0)
+            return effects, LeaseGrant(request_id, name, LEASE_LIMIT_HOLDER, False, 0, hub.term, 0)
         left = max(0, int((lease.expires_at - self._now) * 1000))
         token = lease.token if granted else 0
-        return LeaseGrant(request_id, name, lease.holder, granted, token, lease.term, left)
+        return effects, LeaseGrant(request_id, name, lease.holder, granted, token, lease.term, left)
 
     def _lease_answer(self, request_id: int, grant: LeaseGrant) -> LeaseAnswered:
         if not grant.granted and grant.term == 0:
@@ -434,8 +445,8 @@ class HubRole:
             refusal = LeaseGrant(request.request_id, request.name, self.node_id, False, 0, 0, 0)
             return [self._send(peer_id, refusal, Priority.HIGH)]
         ttl_s = min(request.ttl_ms / 1000.0, MAX_LEASE_TTL_S)
-        grant = self._grant_lease(request.request_id, request.name, peer_id, ttl_s)
-        return [self._send(peer_id, grant, Priority.HIGH)]
+        effects, grant = self._grant_lease(request.request_id, request.name, peer_id, ttl_s)
+        return [*effects, self._send(peer_id, grant, Priority.HIGH)]
 
     def _on_lease_grant(self, grant: LeaseGrant) -> list[Effect]:
         pending = self._hub_router().lease_pending.pop(grant.request_id, None)
@@ -480,9 +491,11 @@ class HubRole:
             effects.extend(self.acks.on_hub(after.id, self.node_id))
         if not router.is_hub:
             router.leases = LeaseTable()  # only a serving hub keeps a table
-        for request_id, name, _due in router.lease_pending.values():
-            effects.append(LeaseAnswered(request_id, name, False, error="the hub changed"))
-        router.lease_pending.clear()
+        if key_before is None or key_after is None or key_before[0] != key_after[0]:
+            # The same hub in a higher term keeps its table and still answers what is pending.
+            for request_id, name, _due in router.lease_pending.values():
+                effects.append(LeaseAnswered(request_id, name, False, error="the hub changed"))
+            router.lease_pending.clear()
         if not router.is_hub:
             effects.extend(self._drain_relay(everything=True))  # we stepped down: hand it all
         effects.extend(self._maintain_links())

@@ -1,0 +1,96 @@
+"""Lease tokens past the last one of a term; the counter is injected, no 2**32 grants.
+
+Suspected in review, reproduced here: after 2**32 - 1 grants in one term,
+`LeaseTable.request` raised OverflowError. For a peer's LEASE_REQUEST it surfaced inside
+`handle(FrameReceived)` and was counted as that honest peer's bad frame (20 disconnect
+it) with no answer; for the hub's own `LeaseRequested` it raised out of `Node.handle`.
+Leases then stayed unavailable for as long as the hub served that term.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hub_role.leases import MAX_GRANTS_PER_TERM, TERM_SHIFT, LeaseTable, TermExhausted
+from mesh.effects import Disconnect, LeaseAnswered
+from mesh.inputs import LeaseRequested
+from mesh.node import Node
+from tests.unit.test_hub_bounds import hub_mesh
+from tests.unit.test_node import Net
+
+LAST = MAX_GRANTS_PER_TERM
+
+
+def test_the_table_grants_the_last_token_of_a_term_then_needs_a_higher_term() -> None:
+    table = LeaseTable(term=5, grants=LAST - 1)
+    assert not table.exhausted
+    ok, last = table.request("a", "n1", 1.0, now=0.0)
+    assert ok and last.token == (5 << TERM_SHIFT) | LAST and table.exhausted
+    with pytest.raises(TermExhausted):
+        table.request("b", "n2", 1.0, now=0.1)  # a new name
+    with pytest.raises(TermExhausted):
+        table.request("a", "n1", 1.0, now=0.1)  # a renewal takes a token too
+    assert table.holder("b", 0.1) is None and table.holder("a", 0.1) == last
+    ok, other = table.request("a", "n2", 1.0, now=0.2)
+    assert not ok and other == last  # a refusal takes no token
+    table.set_term(6)
+    ok, fresh = table.request("b", "n2", 1.0, now=0.3)
+    assert ok and fresh.token == (6 << TERM_SHIFT) | 1 and fresh.token > last.token
+
+
+def test_an_injected_counter_is_checked() -> None:
+    with pytest.raises(ValueError):
+        LeaseTable(term=1, grants=LAST + 1)
+    with pytest.raises(ValueError):
+        LeaseTable(term=1, grants=-1)
+
+
+def exhaust(nodes: dict[str, Node], hub: str, left: int) -> int:
+    """Leave the hub's table of its term `left` tokens; return the term."""
+    node = nodes[hub]
+    assert node.hub is not None
+    term = node.hub.term
+    node._hub_router().leases = LeaseTable(term, grants=LAST - left)
+    return term
+
+
+def lease_answers(net: Net, node_id: str) -> dict[int, LeaseAnswered]:
+    return {e.request_id: e for e in net.log[node_id] if isinstance(e, LeaseAnswered)}
+
+
+def test_peer_requests_past_the_last_token_are_granted_in_the_next_term() -> None:
+    net, nodes, hub = hub_mesh("a", "b", "c")
+    b, c = sorted(i for i in nodes if i != hub)
+    term = exhaust(nodes, hub, left=1)
+    # c's request takes the last token of the term; b's arrives after it, so b hears of the
+    # new term while its own request is still in flight.
+    net.do(c, LeaseRequested(1, "lock-c", ttl_s=5.0))
+    net.do(b, LeaseRequested(2, "lock-b", ttl_s=5.0))
+    net.settle()
+    got_c, got_b = lease_answers(net, c)[1], lease_answers(net, b)[2]
+    assert got_c.granted and got_c.term == term and got_c.token == (term << TERM_SHIFT) | LAST
+    assert got_b.granted and got_b.term == term + 1, got_b.error
+    assert got_b.token == ((term + 1) << TERM_SHIFT) | 1 > got_c.token
+    # Same hub, one term higher, everywhere; nobody was penalised for asking.
+    assert {(n.hub.id, n.hub.term) for n in nodes.values() if n.hub} == {(hub, term + 1)}
+    assert all(n.hub is not None for n in nodes.values()) and nodes[hub].is_hub
+    for node_id, node in nodes.items():
+        assert node.counters.bad_frames == 0, (node_id, node.counters.bad_frames_by_peer)
+        assert not any(isinstance(e, Disconnect) for e in net.log[node_id])
+    # c still holds its lease of the old term: fencing tokens keep growing past it.
+    net.do(c, LeaseRequested(3, "lock-b", ttl_s=5.0))
+    net.settle()
+    refused = lease_answers(net, c)[3]
+    assert not refused.granted and refused.holder == b
+    net.advance(net.now + 3.0)  # heartbeats of the new term keep it
+    assert nodes[hub].is_hub and all(n.hub and n.hub.term == term + 1 for n in nodes.values())
+
+
+def test_the_hubs_own_request_past_the_last_token_is_granted_in_the_next_term() -> None:
+    net, nodes, hub = hub_mesh("a", "b")
+    term = exhaust(nodes, hub, left=0)
+    effects = net.do(hub, LeaseRequested(1, "own", ttl_s=5.0))
+    (answer,) = [e for e in effects if isinstance(e, LeaseAnswered)]
+    assert answer.granted and answer.token == ((term + 1) << TERM_SHIFT) | 1
+    net.settle()
+    assert {(n.hub.id, n.hub.term) for n in nodes.values() if n.hub} == {(hub, term + 1)}
