@@ -240,7 +240,9 @@ class Mesh:
 
         On a networked node `ack` can ask for more than local durability (`peer`, `hub`,
         `all`); a write that misses it in `timeout_s` raises WriteError with
-        `applied=True`: it is committed here and still replicates.
+        `applied=True`: it is committed here and still replicates. A failed commit (a full
+        disk) raises WriteError with `applied=True` too (StoreError without a daemon): the
+        write is in memory and the committer retries it, so do not write it again.
         """
         request = NewItem(
             tier=tier,

@@ -51,10 +51,16 @@ log = logging.getLogger("memmesh.runtime")
 
 
 class WriteError(Exception):
-    """A write failed; `applied` says whether it is nevertheless committed locally."""
+    """A write failed; `applied=True` means it took effect here anyway: do not write it again.
+
+    Applied: reads on this node see it and it replicates. It is committed locally, or, if
+    its commit failed ("commit failed"), held in memory and in the committer's backlog,
+    which is retried before the next commit, when idle and at close; it is lost locally
+    only if the process ends before a retry succeeds. Not applied: nothing was written.
+    """
 
     def __init__(self, reason: str, *, applied: bool) -> None:
-        """Carry the node's reason and whether the write is committed here."""
+        """Carry the node's reason and whether the write took effect on this node."""
         super().__init__(reason)
         self.applied = applied
 
@@ -261,9 +267,10 @@ class NodeRuntime:
                 except Exception as exc:  # a full disk: nothing after it may run
                     self.stats.persist_failures += 1
                     log.error("commit failed, %d effect(s) withheld: %s", len(effects), exc)
-                    self._fail_writes(effects[index + 1 :], str(exc))
+                    reason = f"commit failed (kept in memory, retried): {exc}"
+                    self._fail_writes(effects[index + 1 :], reason)
                     if write is not None:  # a `peer`/`hub`/`all` write acks later: fail it now
-                        self._reject(write, WriteError(f"commit failed: {exc}", applied=False))
+                        self._reject(write, WriteError(reason, applied=True))
                     return
             elif isinstance(effect, Send):
                 self._send(effect)
@@ -329,9 +336,10 @@ class NodeRuntime:
             self._on_events(events)
 
     def _fail_writes(self, effects: Sequence[Effect], reason: str) -> None:
+        """Fail the writes acked in `effects`: applied, since the committer retries the change."""
         for effect in effects:
             if isinstance(effect, WriteAcked):
-                self._reject(effect.request_id, WriteError(reason, applied=False))
+                self._reject(effect.request_id, WriteError(reason, applied=True))
 
     def _resolve(self, request_id: int, value: Any) -> None:
         future = self._waiting.pop(request_id, None)
