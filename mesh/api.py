@@ -105,7 +105,7 @@ class Mesh:
             self._identity = await loop.run_in_executor(
                 None, NodeIdentity.load_or_create, self.data_dir
             )
-            self._committer = GroupCommitter(store)
+            self._committer = GroupCommitter(store, on_events=self._changed.set)
             self._memory = await self._committer.run(self._load)
         except BaseException:
             if self._committer is not None:
@@ -215,9 +215,7 @@ class Mesh:
         return self._committer
 
     async def _commit(self, change: Change) -> None:
-        await self._running().commit(change)
-        if change.events:
-            self._changed.set()
+        await self._running().commit(change)  # its events wake subscribers once committed
 
     # ----------------------------------------------------------------- writes
 
