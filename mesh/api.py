@@ -353,13 +353,18 @@ class Mesh:
         """Route writes through a running Node (the daemon), or back to local-only."""
         self._runtime = runtime
 
-    async def _through_node(self, **fields: Any) -> WriteAcked:
+    def _open_runtime(self) -> NodeRuntime | None:
+        """Return the attached runtime (None without one); raise WriteError if it is closed."""
         runtime = self._runtime
-        assert runtime is not None
-        if runtime.closed:  # it would ignore the input: the write would wait forever
+        if runtime is not None and runtime.closed:  # a write through it would wait forever
             from mesh.runtime import WriteError
 
             raise WriteError("the node's runtime is closed; nothing was written", applied=False)
+        return runtime
+
+    async def _through_node(self, **fields: Any) -> WriteAcked:
+        runtime = self._open_runtime()
+        assert runtime is not None
         request_id, future = runtime.new_request_id()
         runtime.submit(WriteRequested(request_id, **fields))
         result: WriteAcked = await future
@@ -381,8 +386,14 @@ class Mesh:
 
     async def apply_update(self, tier: str, update: bytes) -> int:
         """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""
+        runtime = self._open_runtime()
         change = self.memory.apply_remote(tier, update, wall_ms())
-        await self._commit(change)
+        if runtime is None:
+            await self._commit(change)
+        else:
+            # In the Node's effect order: the change may carry a new clock ceiling, and a
+            # write's urgent send must not go out before that ceiling is on disk.
+            await runtime.persist(change)
         return len({e.item_id for e in change.events})
 
     # ----------------------------------------------------------------- reads
