@@ -115,7 +115,7 @@ class Mesh:
             self._identity = await loop.run_in_executor(
                 None, NodeIdentity.load_or_create, self.data_dir
             )
-            self._committer = GroupCommitter(store)
+            self._committer = GroupCommitter(store, on_events=self._changed.set)
             self._memory = await self._committer.run(self._load)
         except BaseException:
             if self._committer is not None:
@@ -225,9 +225,7 @@ class Mesh:
         return self._committer
 
     async def _commit(self, change: Change) -> None:
-        await self._running().commit(change)
-        if change.events:
-            self._changed.set()
+        await self._running().commit(change)  # its events wake subscribers once committed
 
     # ----------------------------------------------------------------- writes
 
@@ -250,7 +248,9 @@ class Mesh:
 
         On a networked node `ack` can ask for more than local durability (`peer`, `hub`,
         `all`); a write that misses it in `timeout_s` raises WriteError with
-        `applied=True`: it is committed here and still replicates.
+        `applied=True`: it is committed here and still replicates. A failed commit (a full
+        disk) raises WriteError with `applied=True` too (StoreError without a daemon): the
+        write is in memory and the committer retries it, so do not write it again.
         """
         request = NewItem(
             tier=tier,
@@ -363,13 +363,18 @@ class Mesh:
         """Route writes through a running Node (the daemon), or back to local-only."""
         self._runtime = runtime
 
-    async def _through_node(self, **fields: Any) -> WriteAcked:
+    def _open_runtime(self) -> NodeRuntime | None:
+        """Return the attached runtime (None without one); raise WriteError if it is closed."""
         runtime = self._runtime
-        assert runtime is not None
-        if runtime.closed:  # it would ignore the input: the write would wait forever
+        if runtime is not None and runtime.closed:  # a write through it would wait forever
             from mesh.runtime import WriteError
 
             raise WriteError("the node's runtime is closed; nothing was written", applied=False)
+        return runtime
+
+    async def _through_node(self, **fields: Any) -> WriteAcked:
+        runtime = self._open_runtime()
+        assert runtime is not None
         request_id, future = runtime.new_request_id()
         runtime.submit(WriteRequested(request_id, **fields))
         result: WriteAcked = await future
@@ -391,8 +396,14 @@ class Mesh:
 
     async def apply_update(self, tier: str, update: bytes) -> int:
         """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""
+        runtime = self._open_runtime()
         change = self.memory.apply_remote(tier, update, wall_ms())
-        await self._commit(change)
+        if runtime is None:
+            await self._commit(change)
+        else:
+            # In the Node's effect order: the change may carry a new clock ceiling, and a
+            # write's urgent send must not go out before that ceiling is on disk.
+            await runtime.persist(change)
         return len({e.item_id for e in change.events})
 
     # ----------------------------------------------------------------- reads

@@ -32,9 +32,16 @@ class _Pending:
 class GroupCommitter:
     """Serialises every store call on one thread and batches concurrent commits."""
 
-    def __init__(self, store: SqliteStore, *, max_batch: int = 10_000) -> None:
-        """Wrap an open store; call `close()` (or use `async with`) to stop the thread."""
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        max_batch: int = 10_000,
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
+        """Wrap an open store; `on_events()` runs on the loop after each commit that held events."""
         self._store = store
+        self._on_events = on_events
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="memmesh-store"
         )
@@ -101,6 +108,10 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self.changes_committed += len(batch)
+                # Also after a retry, whose writers were already told of the failure: nobody
+                # else would wake the subscribers of the events it made durable.
+                if self._on_events is not None and any(p.change.events for p in batch):
+                    self._on_events()
                 for pending in batch:
                     for waiter in pending.waiters:
                         if not waiter.done():

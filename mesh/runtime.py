@@ -1,7 +1,8 @@
 """The asyncio driver of the sans-IO Node: timers, transport, discovery and the store.
 
-Every input goes through `submit`, which calls `Node.handle` and queues the effects. One
-executor task carries them out strictly in order; a `Persist` is committed before any
+Every input goes through `submit`, which calls `Node.handle` and queues the effects (a
+change made outside the Node, an import, through `persist`). One executor task carries
+them out strictly in order; a `Persist` is committed before any
 later effect runs, so nothing is acknowledged before it is durable. The one exception:
 urgent (CRITICAL/EMERGENCY) Sends of a change with no new HLC ceiling go out while its
 commit starts (`_send_urgent_during_commit` says why that loses nothing acknowledged).
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.events import MemoryEvent
+from crdt.memory import Change
 from mesh.committer import GroupCommitter
 from mesh.effects import (
     Connect,
@@ -51,10 +53,16 @@ log = logging.getLogger("memmesh.runtime")
 
 
 class WriteError(Exception):
-    """A write failed; `applied` says whether it is nevertheless committed locally."""
+    """A write failed; `applied=True` means it took effect here anyway: do not write it again.
+
+    Applied: reads on this node see it and it replicates. It is committed locally, or, if
+    its commit failed ("commit failed"), held in memory and in the committer's backlog,
+    which is retried before the next commit, when idle and at close; it is lost locally
+    only if the process ends before a retry succeeds. Not applied: nothing was written.
+    """
 
     def __init__(self, reason: str, *, applied: bool) -> None:
-        """Carry the node's reason and whether the write is committed here."""
+        """Carry the node's reason and whether the write took effect on this node."""
         super().__init__(reason)
         self.applied = applied
 
@@ -176,6 +184,23 @@ class NodeRuntime:
             self._queue.put_nowait((effects, write))
         self._wake.set()
 
+    async def persist(self, change: Change) -> None:
+        """Commit a change made outside `Node.handle` in order with the Node's effects.
+
+        Call it right after making the change, with no await in between, so that its place
+        among the effects is its place in memory. Raises WriteError as a write does.
+        """
+        if self._closed:  # no effect runs any more: nothing to keep in order with
+            await self._committer.commit(change)
+            return
+        request_id, done = self.new_request_id()
+        effects: list[Effect] = [Persist(change)]
+        if change.events:
+            effects.append(Emit(change.events))
+        effects.append(WriteAcked(request_id))
+        self._queue.put_nowait((effects, None))
+        await done
+
     @property
     def closed(self) -> bool:
         """Return True once `close()` has begun: inputs are ignored from then on."""
@@ -261,9 +286,10 @@ class NodeRuntime:
                 except Exception as exc:  # a full disk: nothing after it may run
                     self.stats.persist_failures += 1
                     log.error("commit failed, %d effect(s) withheld: %s", len(effects), exc)
-                    self._fail_writes(effects[index + 1 :], str(exc))
+                    reason = f"commit failed (kept in memory, retried): {exc}"
+                    self._fail_writes(effects[index + 1 :], reason)
                     if write is not None:  # a `peer`/`hub`/`all` write acks later: fail it now
-                        self._reject(write, WriteError(f"commit failed: {exc}", applied=False))
+                        self._reject(write, WriteError(reason, applied=True))
                     return
             elif isinstance(effect, Send):
                 self._send(effect)
@@ -329,9 +355,10 @@ class NodeRuntime:
             self._on_events(events)
 
     def _fail_writes(self, effects: Sequence[Effect], reason: str) -> None:
+        """Fail the writes acked in `effects`: applied, since the committer retries the change."""
         for effect in effects:
             if isinstance(effect, WriteAcked):
-                self._reject(effect.request_id, WriteError(reason, applied=False))
+                self._reject(effect.request_id, WriteError(reason, applied=True))
 
     def _resolve(self, request_id: int, value: Any) -> None:
         future = self._waiting.pop(request_id, None)
