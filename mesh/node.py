@@ -780,7 +780,15 @@ class Node(HubRole):
             changes.extend(self.memory.delete(i, now_ms) for i in request.delete_ids)
             changes.extend(self.memory.move(i, t, now_ms) for i, t in request.moves)
         except (ValueError, KeyError, MemmeshError) as exc:
-            return [WriteFailed(request.request_id, str(exc), applied=bool(changes))]
+            # The parts before the bad one are applied: persist and replicate them like any
+            # write (no ack is awaited), then say the write failed part way.
+            applied: list[Effect] = []
+            for change in changes:
+                applied.extend(self._persist(change))
+            done = tuple(u for change in changes for u in change.updates)
+            if self._outbox.add(done, request.priority, self._now):
+                applied.extend(self._flush())
+            return [*applied, WriteFailed(request.request_id, str(exc), applied=bool(changes))]
         effects: list[Effect] = []
         updates: list[tuple[str, bytes]] = []
         items: list[MemoryItem] = []

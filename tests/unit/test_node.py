@@ -375,6 +375,27 @@ def test_a_refused_write_persists_nothing_and_sends_nothing() -> None:
     assert not syncs(net.sent_since(0, src="a"), SyncKind.UPDATE)
 
 
+@pytest.mark.parametrize("priority", [Priority.NORMAL, Priority.CRITICAL])
+def test_a_write_failing_part_way_persists_and_replicates_the_parts_applied(
+    priority: Priority,
+) -> None:
+    net, (a, b) = linked("a", "b")
+    request = WriteRequested(
+        1, puts=[NewItem("L1", "kept", "p1")], delete_ids=["no-such-id"], priority=priority
+    )
+    effects = net.do("a", request)
+    failed = [e for e in effects if isinstance(e, WriteFailed)]
+    assert len(failed) == 1 and failed[0].applied is True
+    persisted = [e.change for e in effects if isinstance(e, Persist)]
+    assert any(t == "L1" for change in persisted for t, _u in change.updates)
+    last_persist = max(i for i, e in enumerate(effects) if isinstance(e, Persist))
+    assert effects.index(failed[0]) > last_persist
+    net.settle()
+    net.advance(1.0)  # a NORMAL write goes out with the next flush
+    assert b.memory.get("p1").content == "kept"
+    assert roots(a) == roots(b)
+
+
 # ----------------------------------------------------------------- acknowledgements
 
 
