@@ -119,8 +119,22 @@ class GroupCommitter:
             if not self._queue:
                 if self._backlog:  # nothing else would retry it: a quiet node stays behind
                     self._schedule_retry()
+                else:
+                    self._checkpoint_while_idle()
                 return
             batch, writing = self._start_write()
+
+    def _checkpoint_while_idle(self) -> None:
+        """Queue a WAL checkpoint on the store thread now, while nothing waits to commit.
+
+        A writer that builds its next change meanwhile overlaps it; inside a commit it
+        would delay that commit (a failure is ignored: SQLite's own checkpoint remains).
+        """
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._store.checkpoint_if_due)
+        done.add_done_callback(_ignore_failure)
 
     def _schedule_retry(self) -> None:
         if self._retry is None and not self._closing:
@@ -155,6 +169,11 @@ class GroupCommitter:
                 self._backlog = []
         finally:
             self._executor.shutdown(wait=True)
+
+
+def _ignore_failure(done: asyncio.Future[bool]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:
