@@ -349,8 +349,9 @@ async def figure_batched_puts(
         baseline_name="pycrdt Map inserts of the same records, one transaction",
         baseline_value=raw,
         ratio_meaning="ours / raw pycrdt inserts (higher is better)",
-        target=TARGET_PUT_MANY_PER_S,
-        target_applies=not with_embeddings or sizes.dim == 384,
+        # The 50k/s is the source design's batched write (seed 002: task-state
+        # records, no vectors); 384-d items are reported beside it, not held to it.
+        target=None if with_embeddings else TARGET_PUT_MANY_PER_S,
         raw={
             "items": total,
             "batch": sizes.batch,
