@@ -135,6 +135,7 @@ class _SlicedIn:
     partial_bytes: int = 0
     items_total: int = 0
     last: float = 0.0
+    tenths_logged: int = 0  # progress is logged at each further tenth of the items
 
 
 class Node(HubRole):
@@ -561,6 +562,7 @@ class Node(HubRole):
                 return []
             self._remember(key)
         body = message.body
+        was_sliced = (peer_id, message.tier) in self._sliced_in
         sliced = self._track_slice(peer_id, frame, message)
         if message.chunk is not None:
             # A flooded body's pieces may come over different links (deduplicated per
@@ -587,6 +589,8 @@ class Node(HubRole):
             sliced.bytes_done += len(body)
             sliced.partial_bytes = 0
         effects.extend(self._persist(change))
+        if message.kind is SyncKind.STEP2:
+            effects.extend(self._log_step2(peer_id, message, change, sliced, was_sliced))
         if doc.held_updates <= held and doc.gaps_dropped == dropped:
             # Integrated and persisted. An update held back until a missing one arrives is
             # not committed yet: acking it would claim durability it does not have.
@@ -611,6 +615,34 @@ class Node(HubRole):
             if new_gap or sent is None or self._now - sent > self.config.step1_guard_s:
                 effects.append(self._step1(peer_id, message.tier))
         return effects
+
+    def _log_step2(
+        self,
+        peer_id: str,
+        message: MemorySync,
+        change: Change,
+        sliced: _SlicedIn | None,
+        was_sliced: bool,
+    ) -> list[Effect]:
+        """Log what a sync answer brought: a big initial sync by tenths, else items changed."""
+        tier = message.tier
+        if sliced is not None:  # more slices follow
+            total = max(1, sliced.items_total)
+            done = max(0, len(self.memory.tier_doc(tier)) - sliced.started_items)
+            tenths = min(10, 10 * done // total)
+            if tenths <= sliced.tenths_logged:
+                return []
+            sliced.tenths_logged = tenths
+            detail = {"peer": peer_id, "tier": tier, "items": f"{done}/{sliced.items_total}"}
+            detail["bytes"] = str(sliced.bytes_done)
+            return [Log("info", "initial sync in progress", detail)]
+        changed = len({event.item_id for event in change.events})
+        if was_sliced:
+            detail = {"peer": peer_id, "tier": tier, "items": str(message.items)}
+            return [Log("info", "initial sync done", detail)]
+        if changed:
+            return [Log("info", "synced", {"peer": peer_id, "tier": tier, "items": str(changed)})]
+        return []
 
     def _track_slice(self, peer_id: str, frame: Frame, message: MemorySync) -> _SlicedIn | None:
         """Note progress of a sliced initial sync; return its state while slices follow."""

@@ -952,6 +952,34 @@ def test_big_initial_sync_goes_out_as_bounded_slices_each_applicable_alone(
     assert b.transfers() == []
 
 
+def sync_logs(effects: Iterable[Effect]) -> list[tuple[str, dict[str, object]]]:
+    return [(e.message, e.fields) for e in effects if isinstance(e, Log) and "sync" in e.message]
+
+
+def test_a_big_initial_sync_is_logged_by_tenths_then_done(big_l3: list[NewItem]) -> None:
+    net, _a, _b = start_big_sync(big_l3, step2_batch_bytes=SLICE)
+    net.settle()
+    logged = sync_logs(net.log["b"])
+    progress = [fields for message, fields in logged if message == "initial sync in progress"]
+    assert progress and all(f["peer"] == "a" and f["tier"] == "L3" for f in progress)
+    done = [int(str(f["items"]).split("/")[0]) for f in progress]
+    assert done == sorted(done) and len(set(done)) == len(done) and len(done) <= 10
+    assert all(str(f["items"]).endswith("/2000") for f in progress)
+    assert logged[-1] == ("initial sync done", {"peer": "a", "tier": "L3", "items": "2000"})
+
+
+def test_a_small_sync_logs_the_items_it_brought_and_an_idle_one_logs_nothing() -> None:
+    config = NodeConfig.lan(**QUIET)
+    a, b = make_node("a", config), make_node("b", config)
+    a.memory.put_many(new_items("s", 3), 1_000)
+    net = Net(a, b)
+    net.link("a", "b")
+    assert ("synced", {"peer": "a", "tier": "L1", "items": "3"}) in sync_logs(net.log["b"])
+    mark = len(net.log["b"])
+    net.link("a", "b")  # a second exchange brings nothing new
+    assert sync_logs(net.log["b"][mark:]) == []
+
+
 def test_interrupted_sliced_sync_keeps_what_arrived_and_sends_only_the_rest(
     big_l3: list[NewItem],
 ) -> None:
