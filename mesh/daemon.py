@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from crdt.item import MemoryItem
 from discovery.mdns import MdnsDiscovery
@@ -58,7 +58,7 @@ def item_json(item: MemoryItem) -> dict[str, Any]:
 
 
 class Daemon:
-    """A running node; `serve()` until a signal or `stop()`."""
+    """A running node: `await serve()` until a signal or `stop()`, or `async with` it."""
 
     def __init__(self, options: DaemonOptions) -> None:
         """Prepare; nothing is opened until `serve()`."""
@@ -71,13 +71,35 @@ class Daemon:
         self.discovery: MdnsDiscovery | None = None
         self.profile = Profile.STANDARD
         self.started_at = time.time()
+        self._ready = asyncio.Event()
+        self._serving: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        """Serve in a task (no signal handlers: the caller owns them); return once up.
+
+        Raises what `serve` raised if it failed before it was up.
+        """
+        self._serving = asyncio.create_task(self.serve(handle_signals=False))
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            ready.cancel()
+            await self._serving  # it ended before it was up: raise its error
+            raise RuntimeError("the daemon stopped before it was up")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop gracefully (flush and close) and wait for it."""
+        self.stop()
+        if self._serving is not None:
+            await self._serving
 
     def stop(self) -> None:
         """Ask `serve()` to shut down gracefully."""
         self._stop.set()
 
-    async def serve(self) -> None:
-        """Run until stopped; flush and close everything on the way out."""
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """Run until stopped (SIGINT/SIGTERM too if `handle_signals`); flush and close."""
         options = self.options
         setup = load_setup(options.data_dir)
         self.setup = setup
@@ -85,11 +107,12 @@ class Daemon:
         self.profile = options.profile or detected
         config = node_config(self.profile, on_battery=on_battery)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
+                loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
         # A ceiling persisted 200 ms ahead lets most urgent writes overlap their send with
         # their commit (mesh/runtime.py); a restart moves the clock at most that far ahead.
         memory_config = dataclasses.replace(config.memory, hlc_ceiling_window_ms=200)
@@ -159,6 +182,7 @@ class Daemon:
                         self.profile.value,
                         transport.port,
                     )
+                    self._ready.set()
                     await self._stop.wait()
                     log.info("shutting down: flushing")
                     first_tick.cancel()
