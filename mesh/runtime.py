@@ -1,7 +1,7 @@
 """The asyncio driver of the sans-IO Node: timers, transport, discovery and the store.
 
-Every input goes through `submit`, which calls `Node.handle` and queues the effects (a
-change made outside the Node, an import, through `persist`). One executor task carries
+Every input goes through `submit`, which calls `Node.handle` and queues the effects (an
+import too: `ImportRequested`). One executor task carries
 them out strictly in order; a `Persist` is committed before any
 later effect runs, so nothing is acknowledged before it is durable. The one exception:
 urgent (CRITICAL/EMERGENCY) Sends of a change with no new HLC ceiling go out while its
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.events import MemoryEvent
-from crdt.memory import Change
 from mesh.committer import GroupCommitter
 from mesh.effects import (
     Connect,
@@ -38,6 +37,7 @@ from mesh.frames import Priority
 from mesh.gc_pause import cyclic_gc_paused
 from mesh.inputs import (
     FrameReceived,
+    ImportRequested,
     Input,
     LinkDown,
     LinkUp,
@@ -180,26 +180,11 @@ class NodeRuntime:
         with cyclic_gc_paused():
             effects = self.node.handle(event, self._clock())
         if effects:
-            write = event.request_id if isinstance(event, WriteRequested) else None
+            write = (
+                event.request_id if isinstance(event, WriteRequested | ImportRequested) else None
+            )
             self._queue.put_nowait((effects, write))
         self._wake.set()
-
-    async def persist(self, change: Change) -> None:
-        """Commit a change made outside `Node.handle` in order with the Node's effects.
-
-        Call it right after making the change, with no await in between, so that its place
-        among the effects is its place in memory. Raises WriteError as a write does.
-        """
-        if self._closed:  # no effect runs any more: nothing to keep in order with
-            await self._committer.commit(change)
-            return
-        request_id, done = self.new_request_id()
-        effects: list[Effect] = [Persist(change)]
-        if change.events:
-            effects.append(Emit(change.events))
-        effects.append(WriteAcked(request_id))
-        self._queue.put_nowait((effects, None))
-        await done
 
     @property
     def closed(self) -> bool:
