@@ -29,7 +29,7 @@ from mesh.effects import WriteAcked
 from mesh.frames import Priority
 from mesh.gc_pause import cyclic_gc_paused
 from mesh.identity import NodeIdentity
-from mesh.inputs import AckLevel, WriteRequested
+from mesh.inputs import AckLevel, ImportRequested, WriteRequested
 from mesh.leases import LeaseRequest
 from mesh.leases import release as release_lease
 from mesh.store import SqliteStore, StoreCorruptError, StoreError, TierStoreStats
@@ -375,10 +375,7 @@ class Mesh:
     async def _through_node(self, **fields: Any) -> WriteAcked:
         runtime = self._open_runtime()
         assert runtime is not None
-        request_id, future = runtime.new_request_id()
-        runtime.submit(WriteRequested(request_id, **fields))
-        result: WriteAcked = await future
-        return result
+        return await _submit(runtime, lambda request_id: WriteRequested(request_id, **fields))
 
     def lease(self, name: str, ttl_s: float, *, timeout_s: float = 5.0) -> LeaseRequest:
         """Ask the hub for the advisory lease `name` (await it, or `async with` it).
@@ -394,17 +391,32 @@ class Mesh:
         if self._runtime is not None:
             release_lease(self._runtime, name, token)
 
-    async def apply_update(self, tier: str, update: bytes) -> int:
-        """Merge a Yjs v1 update (from a peer or an export) durably; return items changed."""
+    async def apply_update(
+        self, tier: str, update: bytes, *, priority: Priority = Priority.NORMAL
+    ) -> int:
+        """Merge a Yjs v1 update (an export) durably; return items changed.
+
+        Raises ValueError, changing nothing, if it is not a valid update. On a networked
+        node it goes through the Node like a write of `priority`: what it added here
+        reaches peers at the next flush (at once when urgent), and a failed commit raises
+        WriteError with `applied=True`.
+        """
         runtime = self._open_runtime()
-        change = self.memory.apply_remote(tier, update, wall_ms())
         if runtime is None:
+            change = self.memory.apply_remote(tier, update, wall_ms())
             await self._commit(change)
-        else:
-            # In the Node's effect order: the change may carry a new clock ceiling, and a
-            # write's urgent send must not go out before that ceiling is on disk.
-            await runtime.persist(change)
-        return len({e.item_id for e in change.events})
+            return len({e.item_id for e in change.events})
+        from mesh.runtime import WriteError
+
+        try:
+            acked = await _submit(
+                runtime, lambda request_id: ImportRequested(request_id, tier, update, priority)
+            )
+        except WriteError as exc:
+            if exc.applied:
+                raise
+            raise ValueError(str(exc)) from None  # refused by the Node: nothing changed
+        return len(acked.changed_ids)
 
     # ----------------------------------------------------------------- reads
 
@@ -519,6 +531,16 @@ class Mesh:
     async def integrity_check(self) -> str:
         """Return SQLite's integrity check of the store ("ok" when sound)."""
         return await self._running().run(lambda s: s.integrity_check())
+
+
+async def _submit(
+    runtime: NodeRuntime, make: Callable[[int], WriteRequested | ImportRequested]
+) -> WriteAcked:
+    """Hand the Node the input `make(request_id)` builds; return its WriteAcked."""
+    request_id, future = runtime.new_request_id()
+    runtime.submit(make(request_id))
+    result: WriteAcked = await future
+    return result
 
 
 class EventStream:

@@ -191,7 +191,7 @@ async def cmd_import(mesh: Mesh, args: argparse.Namespace) -> None:
     except OSError as exc:
         raise CliError(f"cannot read {args.input}: {exc}") from None
     try:
-        changed = await mesh.apply_update(args.tier, data)
+        changed = await mesh.apply_update(args.tier, data, priority=Priority[args.priority.upper()])
     except ValueError as exc:
         raise CliError(f"{args.input} is not a valid Yjs update: {exc}") from None
     print(f"imported into {args.tier}: {changed} items changed", file=args.out)
@@ -344,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import", cmd_import, "merge a Yjs v1 update file into a tier")
     p.add_argument("--tier", required=True, choices=["L1", "L2", "L3"])
+    p.add_argument(
+        "--priority",
+        default="normal",
+        choices=[p.name.lower() for p in Priority],
+        help="traffic priority of what it adds here (like put's)",
+    )
     p.add_argument("input", help="the update file")
 
     p = command("status", cmd_status, "node id, tiers, item counts and digests")

@@ -4,7 +4,8 @@ Every `Change` the memory core produces is queued here; the worker drains everyt
 queued so far into ONE transaction, so concurrent writers share an fsync. A change whose
 commit fails stays queued and is retried before the next one, so a transient error (a full
 disk) never reorders or drops updates: the writer that saw the error was not acknowledged,
-and its update is persisted as soon as the disk allows.
+and its update is persisted as soon as the disk allows. Until then `failing` is True (the
+runtime holds back frames carrying replica data).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class GroupCommitter:
         self._backlog: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._durable = asyncio.Event()  # clear from a failed commit until one succeeds
+        self._durable.set()
         self._closing = False
         self._max_batch = max_batch
         self.commits = 0
@@ -63,6 +66,18 @@ class GroupCommitter:
     def backlog(self) -> int:
         """Return how many changes wait for a commit (including failed ones to retry)."""
         return len(self._queue) + len(self._backlog)
+
+    @property
+    def failing(self) -> bool:
+        """Return True from a failed commit until a later one (which retries it) succeeds.
+
+        Unlike `backlog`, this stays True while the retry itself is on the store thread.
+        """
+        return not self._durable.is_set()
+
+    async def recovered(self) -> None:
+        """Return once no failed change waits for its retry (at once when none does)."""
+        await self._durable.wait()
 
     async def run(self, fn: Callable[[SqliteStore], _T]) -> _T:
         """Run `fn(store)` on the store thread, after every commit queued before it."""
@@ -101,6 +116,7 @@ class GroupCommitter:
             except Exception as exc:
                 # Keep the updates for the next attempt; tell only this batch's writers.
                 self._backlog = [_Pending(p.change) for p in batch]
+                self._durable.clear()
                 for pending in batch:
                     for waiter in pending.waiters:
                         if not waiter.done():
@@ -108,6 +124,7 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self.changes_committed += len(batch)
+                self._durable.set()  # every batch starts with the whole backlog
                 # Also after a retry, whose writers were already told of the failure: nobody
                 # else would wake the subscribers of the events it made durable.
                 if self._on_events is not None and any(p.change.events for p in batch):
@@ -167,6 +184,7 @@ class GroupCommitter:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._executor, _write_batch, self._store, self._backlog)
                 self._backlog = []
+                self._durable.set()
         finally:
             self._executor.shutdown(wait=True)
 

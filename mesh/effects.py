@@ -57,11 +57,15 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class WriteAcked:
-    """A requested write reached its durability level."""
+    """A requested write (or import) reached its durability level.
+
+    `changed_ids` lists, for an import, the ids whose versions it changed here (sorted).
+    """
 
     request_id: int
     items: tuple[MemoryItem, ...] = ()
     acked_by: tuple[str, ...] = ()
+    changed_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

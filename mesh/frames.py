@@ -64,6 +64,22 @@ class MsgType(IntEnum):
     MEMORY_SYNC = 0x0304
 
 
+# Frames whose payload may hold replica contents (records, Yjs updates, state): a node
+# holds these back while one of its changes is in memory but its commit failed.
+REPLICA_DATA = frozenset(
+    {MsgType.MEMORY_STORE, MsgType.MEMORY_RESPONSE, MsgType.MEMORY_SYNC, MsgType.HUB_RELAY}
+)
+_MSG_TYPE_AT = struct.Struct(">H")
+_MSG_TYPE_OFFSET = 8  # after magic u32, version u16, priority u16
+
+
+def carries_replica_data(frame: bytes) -> bool:
+    """Return True if an encoded frame's type may carry replica contents (REPLICA_DATA)."""
+    if len(frame) < HEADER_SIZE:
+        return False
+    return _MSG_TYPE_AT.unpack_from(frame, _MSG_TYPE_OFFSET)[0] in REPLICA_DATA
+
+
 class Flags(IntFlag):
     """Header flags."""
 

@@ -71,6 +71,21 @@ class WriteRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportRequested:
+    """The local user asked to merge a Yjs v1 `update` (an export) into `tier`.
+
+    Handled like a write of `priority`: persisted, then what it added here replicates at
+    the next flush (at once when urgent); acked with `WriteAcked.changed_ids`, or refused
+    with `WriteFailed(applied=False)` when it is not a valid update (nothing changed).
+    """
+
+    request_id: int
+    tier: str
+    update: bytes
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
 class QueryRequested:
     """The local user asked a peer to search or fetch from a tier (MEMORY_QUERY)."""
 
@@ -117,6 +132,7 @@ Input = (
     | LinkDown
     | FrameReceived
     | WriteRequested
+    | ImportRequested
     | QueryRequested
     | LeaseRequested
     | LeaseReleased

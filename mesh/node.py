@@ -46,6 +46,7 @@ from mesh.frames import DEFAULT_LIMITS, Flags, Frame, FrameError, Priority
 from mesh.inputs import (
     AckLevel,
     FrameReceived,
+    ImportRequested,
     Input,
     LeaseReleased,
     LeaseRequested,
@@ -224,6 +225,8 @@ class Node(HubRole):
             effects = self._on_tick()
         elif isinstance(event, WriteRequested):
             effects = self._on_write(event)
+        elif isinstance(event, ImportRequested):
+            effects = self._on_import(event)
         elif isinstance(event, LinkUp):
             effects = self._on_link_up(event.peer_id)
         elif isinstance(event, LinkDown):
@@ -844,6 +847,26 @@ class Node(HubRole):
         urgent = self._outbox.add(tuple(updates), request.priority, self._now, waiting)
         if urgent or (waiting is not None and not updates):
             effects.extend(self._flush())
+        return effects
+
+    def _on_import(self, request: ImportRequested) -> list[Effect]:
+        """Merge an imported update like a write: persist, ack, queue what it added here."""
+        try:
+            doc = self.memory.tier_doc(request.tier)
+            before = doc.state_vector()
+            change = self.memory.apply_remote(request.tier, request.update, int(self._now * 1000))
+        except (ValueError, KeyError, MemmeshError) as exc:  # the tier is unchanged
+            return [WriteFailed(request.request_id, str(exc), applied=False)]
+        effects = self._persist(change)
+        changed = tuple(sorted({event.item_id for event in change.events}))
+        effects.append(WriteAcked(request.request_id, changed_ids=changed))
+        if change.updates:
+            # Only what is new here, not the whole file: an export mostly holds what the
+            # mesh has already. Its structs are this change's, persisted above; its delete
+            # set is the document's, committed before or with this change.
+            added = ((request.tier, doc.encode_diff(before)),)
+            if self._outbox.add(added, request.priority, self._now):
+                effects.extend(self._flush())
         return effects
 
     def _flush(self) -> list[Effect]:

@@ -1,11 +1,13 @@
 """The asyncio driver of the sans-IO Node: timers, transport, discovery and the store.
 
-Every input goes through `submit`, which calls `Node.handle` and queues the effects (a
-change made outside the Node, an import, through `persist`). One executor task carries
+Every input goes through `submit`, which calls `Node.handle` and queues the effects (an
+import too: `ImportRequested`). One executor task carries
 them out strictly in order; a `Persist` is committed before any
 later effect runs, so nothing is acknowledged before it is durable. The one exception:
 urgent (CRITICAL/EMERGENCY) Sends of a change with no new HLC ceiling go out while its
 commit starts (`_send_urgent_during_commit` says why that loses nothing acknowledged).
+While a failed commit waits for its retry, frames that carry replica data are held and
+sent once it succeeds (`_send`); membership, hub and lease traffic flows meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.events import MemoryEvent
-from crdt.memory import Change
 from mesh.committer import GroupCommitter
 from mesh.effects import (
     Connect,
@@ -34,10 +35,11 @@ from mesh.effects import (
     WriteAcked,
     WriteFailed,
 )
-from mesh.frames import Priority
+from mesh.frames import Priority, carries_replica_data
 from mesh.gc_pause import cyclic_gc_paused
 from mesh.inputs import (
     FrameReceived,
+    ImportRequested,
     Input,
     LinkDown,
     LinkUp,
@@ -50,6 +52,7 @@ from mesh.node import Node
 from mesh.ports import Transport
 
 log = logging.getLogger("memmesh.runtime")
+HELD_MAX_BYTES = 64 << 20  # frames held while a commit fails; beyond, anti-entropy repairs
 
 
 class WriteError(Exception):
@@ -84,6 +87,8 @@ class RuntimeStats:
     persist_failures: int = 0
     connect_failures: int = 0
     frames_not_sent: int = 0
+    frames_held: int = 0  # replica data held back while a failed commit awaited its retry
+    held_dropped: int = 0  # of those, dropped over HELD_MAX_BYTES (anti-entropy repairs)
     tick_failures: int = 0  # Node.handle(Tick) raised (a bug; logged with its traceback)
     effect_failures: int = 0  # running a list of effects raised (likewise)
     last_sync: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -113,6 +118,9 @@ class NodeRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._connects: dict[str, asyncio.Task[None]] = {}
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._held: list[Send] = []  # in order; see `_send`
+        self._held_bytes = 0
+        self._release: asyncio.Task[None] | None = None
         self._next_request = 1
         self.addresses: dict[str, PeerAddress] = {}
         self.stats = RuntimeStats()
@@ -157,6 +165,11 @@ class NodeRuntime:
                 await timer
         if executor is not None:
             await executor
+        if self._release is not None:
+            self._release.cancel()
+        if self._held:  # the store never recovered: what they carry is not durable here
+            log.warning("%d held frame(s) not sent: the store kept failing", len(self._held))
+            self._held, self._held_bytes = [], 0
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(WriteError("node stopped", applied=True))
@@ -180,26 +193,11 @@ class NodeRuntime:
         with cyclic_gc_paused():
             effects = self.node.handle(event, self._clock())
         if effects:
-            write = event.request_id if isinstance(event, WriteRequested) else None
+            write = (
+                event.request_id if isinstance(event, WriteRequested | ImportRequested) else None
+            )
             self._queue.put_nowait((effects, write))
         self._wake.set()
-
-    async def persist(self, change: Change) -> None:
-        """Commit a change made outside `Node.handle` in order with the Node's effects.
-
-        Call it right after making the change, with no await in between, so that its place
-        among the effects is its place in memory. Raises WriteError as a write does.
-        """
-        if self._closed:  # no effect runs any more: nothing to keep in order with
-            await self._committer.commit(change)
-            return
-        request_id, done = self.new_request_id()
-        effects: list[Effect] = [Persist(change)]
-        if change.events:
-            effects.append(Emit(change.events))
-        effects.append(WriteAcked(request_id))
-        self._queue.put_nowait((effects, None))
-        await done
 
     @property
     def closed(self) -> bool:
@@ -269,6 +267,8 @@ class NodeRuntime:
 
     async def _run(self, effects: list[Effect], write: int | None = None) -> None:
         """Carry out one input's effects in order; `write` is its request id for a write."""
+        if self._held:
+            self._send_held()
         early: set[int] = set()  # indices of urgent Sends already made during a commit
         for index, effect in enumerate(effects):
             if index in early:
@@ -277,8 +277,12 @@ class NodeRuntime:
             if isinstance(effect, Persist):
                 # Urgent sends first: aiortc flushes a send in a task of its own, which then
                 # runs before the commit's task instead of after it. Not while an earlier
-                # commit waits for a retry: the clock ceiling it carries is not on disk yet.
-                if effect.change.ceiling_ms is None and not self._committer.backlog:
+                # change is not durable (a failed one, even while its retry runs): the
+                # clock ceiling it may carry is not on disk yet.
+                committer = self._committer
+                if effect.change.ceiling_ms is None and not (
+                    committer.failing or committer.backlog
+                ):
                     early |= self._send_urgent_during_commit(effects, index)
                 commit = asyncio.ensure_future(self._committer.commit(effect.change))
                 try:
@@ -291,6 +295,8 @@ class NodeRuntime:
                     if write is not None:  # a `peer`/`hub`/`all` write acks later: fail it now
                         self._reject(write, WriteError(reason, applied=True))
                     return
+                if self._held:
+                    self._send_held()
             elif isinstance(effect, Send):
                 self._send(effect)
             elif isinstance(effect, Emit):
@@ -331,6 +337,57 @@ class NodeRuntime:
         return made
 
     def _send(self, effect: Send) -> None:
+        """Send a frame; while a failed commit awaits its retry, hold replica data back.
+
+        Such a frame may carry that change (the outbox, answers built from memory) and its
+        clock ceiling, which is not on disk: a crash would restart the clock below a
+        timestamp sent. Held frames go out in order once a commit succeeds. Membership,
+        claims, stats and leases carry no replica data and flow (peers would declare us
+        dead).
+        """
+        if carries_replica_data(effect.frame) and self._committer.failing:
+            self._hold(effect)
+            return
+        if self._held:
+            self._send_held()  # kept while still failing: this frame carries no replica data
+        self._transmit(effect)
+
+    def _hold(self, effect: Send) -> None:
+        if self._held_bytes + len(effect.frame) > HELD_MAX_BYTES:
+            self.stats.held_dropped += 1
+            if self.stats.held_dropped % 100 == 1:
+                log.warning(
+                    "store failing: a frame to %s dropped, %d bytes already held (%d so far)",
+                    effect.peer_id,
+                    self._held_bytes,
+                    self.stats.held_dropped,
+                )
+            return
+        self._held.append(effect)
+        self._held_bytes += len(effect.frame)
+        self.stats.frames_held += 1
+        self._watch_recovery()
+
+    def _watch_recovery(self) -> None:
+        if self._release is None or self._release.done():
+            self._release = asyncio.create_task(self._wake_on_recovery(), name="memmesh-held")
+
+    async def _wake_on_recovery(self) -> None:
+        """Wake the executor once the committer recovers (its own retry, with no new input)."""
+        await self._committer.recovered()
+        if not self._closed:
+            self._queue.put_nowait(([], None))  # `_run` sends the held frames first
+
+    def _send_held(self) -> None:
+        """Send the held frames in order if no failed commit waits any more; else keep them."""
+        if self._committer.failing:
+            self._watch_recovery()  # it may have failed again since the last wake
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        for effect in held:
+            self._transmit(effect)
+
+    def _transmit(self, effect: Send) -> None:
         sent = self._transport.send(
             effect.peer_id, effect.frame, urgent=effect.priority >= Priority.CRITICAL
         )

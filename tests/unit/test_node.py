@@ -36,6 +36,7 @@ from mesh.frames import HEADER, MAGIC, VERSION, Flags, Limits, MsgType, Priority
 from mesh.inputs import (
     AckLevel,
     FrameReceived,
+    ImportRequested,
     Input,
     LinkDown,
     LinkUp,
@@ -1126,6 +1127,92 @@ def test_query_to_a_silent_peer_fails_at_its_timeout(
     assert "timed out" in answers(net, "q")[0].error
     late = encode_message(MemoryResponse(query.query_id, True, (), ()))
     assert q.handle(FrameReceived("p", late), 3.1) == []  # a late answer is ignored
+
+
+# ----------------------------------------------------------------- imports
+
+
+def export_from(node_id: str, items: list[NewItem], *, base: bytes = b"") -> bytes:
+    """Return an L1 export (a whole-tier Yjs update) of a node that holds `base` and `items`."""
+    source = make_node(node_id)
+    if base:
+        source.memory.apply_remote("L1", base, 1_000)
+    source.memory.put_many(items, 2_000)
+    return source.memory.tier_doc("L1").encode_diff()
+
+
+def test_an_import_reaches_peers_at_the_next_flush_without_any_digest() -> None:
+    config = NodeConfig.lan(sync_interval_s=0.5, **QUIET)
+    net, (a, b) = linked("a", "b", config=config)
+    mark = len(net.sent)
+    export = export_from("c", new_items("imported", 3))
+    effects = net.do("a", ImportRequested(1, "L1", export))
+    assert_persist_first(effects)
+    (acked,) = [e for e in effects if isinstance(e, WriteAcked)]
+    assert acked.changed_ids == ("imported-0", "imported-1", "imported-2")
+    assert not sends(effects)  # NORMAL: it waits in the outbox like a NORMAL write
+    net.advance(0.49)
+    assert "imported-0" not in b.memory
+    net.advance(0.5)
+    updates = syncs(net.sent_since(mark, src="a"), SyncKind.UPDATE)
+    assert [(m.tier, m.target) for m in updates] == [("L1", "*")]
+    assert all(f"imported-{i}" in b.memory for i in range(3))
+    assert roots(a) == roots(b)
+    assert a.counters.digests_sent == b.counters.digests_sent == 0
+
+
+@pytest.mark.parametrize("priority", [Priority.CRITICAL, Priority.EMERGENCY])
+def test_an_urgent_import_is_flooded_at_once_after_its_persist(priority: Priority) -> None:
+    net, (_a, b) = linked("a", "b", config=NodeConfig.lan(sync_interval_s=0.5, **QUIET))
+    export = export_from("c", new_items("urgent", 1))
+    effects = net.do("a", ImportRequested(1, "L1", export, priority))
+    assert_persist_first(effects)
+    (update,) = syncs(effects, SyncKind.UPDATE)
+    assert [s.priority for s in sends(effects)] == [priority]
+    assert update.tier == "L1"
+    net.settle()
+    assert "urgent-0" in b.memory
+
+
+def test_an_import_sends_only_what_it_added_here() -> None:
+    net, (a, b) = linked("a", "b", config=NodeConfig.lan(sync_interval_s=0.5, **QUIET))
+    net.do("a", WriteRequested(1, puts=new_items("known", 200)))
+    net.advance(1.0)
+    assert "known-199" in b.memory
+    # Another node's export holds everything a has, and one item more.
+    export = export_from(
+        "c", [NewItem("L1", "new", "new")], base=a.memory.tier_doc("L1").encode_diff()
+    )
+    mark = len(net.sent)
+    effects = net.do("a", ImportRequested(2, "L1", export))
+    assert [e.changed_ids for e in effects if isinstance(e, WriteAcked)] == [("new",)]
+    net.advance(2.0)
+    (update,) = syncs(net.sent_since(mark, src="a"), SyncKind.UPDATE)
+    assert len(update.body) * 20 < len(export)
+    assert "new" in b.memory and roots(a) == roots(b)
+
+
+def test_an_import_of_nothing_new_is_acked_and_sends_nothing() -> None:
+    net, (a, _b) = linked("a", "b", config=NodeConfig.lan(sync_interval_s=0.5, **QUIET))
+    net.do("a", WriteRequested(1, puts=new_items("known", 2)))
+    net.advance(1.0)
+    mark = len(net.sent)
+    effects = net.do("a", ImportRequested(2, "L1", a.memory.tier_doc("L1").encode_diff()))
+    assert [e.changed_ids for e in effects if isinstance(e, WriteAcked)] == [()]
+    net.advance(2.0)
+    assert not syncs(net.sent_since(mark, src="a"), SyncKind.UPDATE)
+
+
+def test_an_invalid_import_is_refused_and_changes_nothing() -> None:
+    net, (a, _b) = linked("a", "b", config=NodeConfig.lan(sync_interval_s=0.5, **QUIET))
+    before = roots(a)
+    mark = len(net.sent)
+    effects = net.do("a", ImportRequested(1, "L1", b"\xff\x00garbage\x13\x37"))
+    assert len(effects) == 1 and isinstance(effects[0], WriteFailed)
+    assert effects[0].request_id == 1 and effects[0].applied is False
+    net.advance(2.0)
+    assert roots(a) == before
+    assert not syncs(net.sent_since(mark, src="a"), SyncKind.UPDATE)
 
 
 # ----------------------------------------------------------------- anti-entropy

@@ -19,7 +19,8 @@ class SlowCommitter:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.release = asyncio.Event()
-        self.backlog = 0  # no earlier commit waits for a retry
+        self.backlog = 0  # no earlier change waits for its commit
+        self.failing = False  # no earlier commit failed (its retry may be running)
 
     async def commit(self, change: Change) -> None:
         self.log.append("commit started")
@@ -36,13 +37,14 @@ class Recorder:
         return True
 
 
-def run(effects: list[Effect], *, backlog: int = 0) -> list[str]:
+def run(effects: list[Effect], *, backlog: int = 0, failing: bool = False) -> list[str]:
     """Run one effect list; release the commit once the loop is idle; return the log."""
     log: list[str] = []
 
     async def main() -> None:
         committer = SlowCommitter(log)
         committer.backlog = backlog
+        committer.failing = failing
         runtime = NodeRuntime(None, committer, Recorder(log))  # type: ignore[arg-type]
         _request, acked = runtime.new_request_id()
         acked.add_done_callback(lambda _f: log.append("acked"))
@@ -99,8 +101,15 @@ def test_no_urgent_send_before_its_commit_while_an_earlier_commit_waits_for_a_re
     assert log.index("committed") < log.index("send update")
 
 
+def test_no_urgent_send_before_its_commit_while_a_failed_commits_retry_runs() -> None:
+    # The retry took the backlog to the store thread (backlog reads 0): still not durable.
+    log = run(write(None, Priority.CRITICAL), failing=True)
+    assert "send update" not in log[: log.index("committed")]
+
+
 class FailingCommitter:
     backlog = 0
+    failing = False
 
     async def commit(self, change: Change) -> None:
         raise StoreFullError("disk full")
