@@ -36,6 +36,11 @@ def version_key(item_id: str, writer: str) -> str:
     return f"{item_id}{KEY_SEP}{writer}"
 
 
+def version_hash(writer: str, record: str) -> bytes:
+    """Return `TierDoc.content_hash` of an item whose one version is `writer`'s `record`."""
+    return hashlib.sha256(f"{writer}\0{record}\n".encode()).digest()
+
+
 def split_key(key: str) -> tuple[str, str] | None:
     """Return (item_id, writer) for a well-formed key, else None."""
     item_id, sep, writer = key.partition(KEY_SEP)
@@ -98,7 +103,7 @@ class TierDoc:
             return None
         if len(versions) == 1:  # the same bytes hashed in one go
             ((writer, record),) = versions.items()
-            return hashlib.sha256(f"{writer}\0{record}\n".encode()).digest()
+            return version_hash(writer, record)
         h = hashlib.sha256()
         for writer in sorted(versions):
             h.update(writer.encode())
