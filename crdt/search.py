@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TypeAlias
 
 import numpy as np
@@ -41,12 +42,13 @@ def _normalise(vector: npt.ArrayLike, what: str) -> tuple[FloatArray, float]:
     return (v / norm).astype(np.float32), norm * scale
 
 
-def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
+def _normalise_rows(matrix: npt.NDArray[np.generic], out: FloatArray | None = None) -> FloatArray:
     """Return `_normalise` of every row of a finite 2-D matrix, bit for bit.
 
     The same float64 steps per row (a float32 peak is exact, so it is found in float32),
     and the squared norms come from a stacked (1 x d) @ (d x 1) matmul, which numpy
-    computes with the same dot kernel as `np.linalg.norm` of one row.
+    computes with the same dot kernel as `np.linalg.norm` of one row. With `out` (float32,
+    the matrix's shape) the rows are written there, rounded as `astype` would round them.
     """
     if matrix.dtype != np.float32:
         matrix = np.asarray(matrix, dtype=np.float64)
@@ -59,8 +61,11 @@ def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
     norms = np.sqrt(np.matmul(v[:, None, :], v[:, :, None])[:, 0, 0])
     if any_zero:
         norms[zero] = 1.0
-    np.divide(v, norms[:, None], out=v)
-    out: FloatArray = v.astype(np.float32)
+    if out is None:
+        np.divide(v, norms[:, None], out=v)
+        out = v.astype(np.float32)
+    else:  # the quotient is computed in float64 and rounded once, into `out`
+        np.divide(v, norms[:, None], out=out, casting="same_kind")
     if any_zero:
         out[zero] = 0.0  # not -0.0
     return out
@@ -81,9 +86,9 @@ class _Block:
         self.used = 0  # rows [0, used) have ever been handed out
         self.count = 0  # live rows
 
-    def _grow(self) -> None:
-        """Double the capacity, keeping existing rows in place."""
-        capacity = self.vectors.shape[0] * 2
+    def _grow(self, needed: int = 0) -> None:
+        """Double the capacity (or more, to hold `needed` rows), keeping rows in place."""
+        capacity = max(self.vectors.shape[0] * 2, needed)
         vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
         vectors[: self.used] = self.vectors[: self.used]
         live = np.zeros(capacity, dtype=np.bool_)
@@ -93,28 +98,36 @@ class _Block:
         self.vectors, self.live, self.tiers = vectors, live, tiers
         self.keys.extend([None] * (capacity - len(self.keys)))
 
-    def add_many(self, keys: list[Key], tier_codes: list[int], vectors: FloatArray) -> list[int]:
-        """Store the vectors as `add` would one by one (same rows); return the row numbers."""
+    def add_many(
+        self, keys: list[Key], tier_codes: list[int] | int, vectors: FloatArray
+    ) -> list[int]:
+        """Store the vectors as `add` would one by one (same rows); return the row numbers.
+
+        `tier_codes` is one code per key, or one for all of them. Unnormalised rows are
+        normalised here (`_normalise_rows`), written straight into the block.
+        """
         count = len(keys)
         reused = self.free[::-1][:count]
         del self.free[len(self.free) - len(reused) :]
         fresh = count - len(reused)
-        while self.used + fresh > self.vectors.shape[0]:
-            self._grow()
-        rows = [*reused, *range(self.used, self.used + fresh)]
-        self.used += fresh
+        if self.used + fresh > self.vectors.shape[0]:
+            self._grow(self.used + fresh)
         if reused:
+            rows = [*reused, *range(self.used, self.used + fresh)]
             index = np.asarray(rows, dtype=np.intp)
-            self.vectors[index] = vectors
+            self.vectors[index] = _normalise_rows(vectors)
             self.live[index] = True
             self.tiers[index] = tier_codes
+            for row, key in zip(rows, keys, strict=True):
+                self.keys[row] = key
         else:
-            start = rows[0]
-            self.vectors[start : start + count] = vectors
+            start = self.used
+            rows = list(range(start, start + count))
+            _normalise_rows(vectors, out=self.vectors[start : start + count])
             self.live[start : start + count] = True
             self.tiers[start : start + count] = tier_codes
-        for row, key in zip(rows, keys, strict=True):
-            self.keys[row] = key
+            self.keys[start : start + count] = keys
+        self.used += fresh
         self.count += count
         return rows
 
@@ -206,12 +219,16 @@ class VectorIndex:
         keys = list(zip(tiers, item_ids, strict=True))
         if not keys:
             return
-        if len(set(keys)) != len(keys) or any(key in self._rows for key in keys):
+        if len(set(keys)) != len(keys) or not self._rows.keys().isdisjoint(keys):
             for key, row in zip(keys, matrix, strict=True):  # rare: replacements
                 self.upsert(key[0], key[1], row)
             return
         dim = matrix.shape[1]
-        codes = [self._tier_codes.setdefault(t, len(self._tier_codes)) for t in tiers]
+        codes: list[int] | int
+        if isinstance(tier, str):
+            codes = self._tier_codes.setdefault(tier, len(self._tier_codes))
+        else:
+            codes = [self._tier_codes.setdefault(t, len(self._tier_codes)) for t in tiers]
         block = self._blocks.get(dim)
         if block is None:
             block = self._blocks[dim] = _Block(dim)
@@ -219,8 +236,9 @@ class VectorIndex:
         for start in range(0, len(keys), step):
             stop = start + step
             part = keys[start:stop]
-            rows = block.add_many(part, codes[start:stop], _normalise_rows(matrix[start:stop]))
-            self._rows.update(zip(part, [(dim, row) for row in rows], strict=True))
+            part_codes = codes if isinstance(codes, int) else codes[start:stop]
+            rows = block.add_many(part, part_codes, matrix[start:stop])
+            self._rows.update(zip(part, zip(repeat(dim), rows), strict=True))
 
     def remove(self, tier: str, item_id: str) -> None:
         """Remove the vector stored under (tier, item_id); do nothing if absent."""
