@@ -244,28 +244,35 @@ class TierDoc:
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 
-    def _reindex(self, keys: Mapping[str, Any]) -> set[str]:
+    def _reindex(self, keys: dict[str, Any]) -> set[str]:
+        """Bring the version index in step with changed keys; return the ids that changed.
+
+        Empties `keys`. A key that `split_key` refuses is ignored; a value that is not a
+        string counts as no version.
+        """
         changed: set[str] = set()
-        for key, value in list(keys.items()):
-            parts = split_key(key)
-            if parts is None:
+        versions_of = self._versions
+        well_formed = ITEM_ID_PATTERN.fullmatch
+        for key, value in keys.items():
+            item_id, sep, writer = key.partition(KEY_SEP)  # split_key, inlined
+            if not sep or not writer or well_formed(item_id) is None:
                 continue
-            item_id, writer = parts
-            versions = self._versions.get(item_id)
+            versions = versions_of.get(item_id)
             if isinstance(value, str):
                 if versions is None:
-                    versions = self._versions[item_id] = {}
-                if versions.get(writer) == value:
+                    versions_of[item_id] = {writer: value}
+                elif versions.get(writer) == value:
                     continue
-                versions[writer] = value
+                else:
+                    versions[writer] = value
             elif versions is not None and writer in versions:
                 del versions[writer]
                 if not versions:
-                    del self._versions[item_id]
+                    del versions_of[item_id]
             else:
                 continue
             changed.add(item_id)
-        self._changed_keys.clear()
+        keys.clear()
         return changed
 
     def _take_update(self) -> bytes | None:
