@@ -737,6 +737,23 @@ _LIVE_TAIL = re.compile(r'"metadata":\{\},"tags":\[\],"updated":"([0-9]{15}\.[0-
 _EMBEDDED_TAIL = re.compile(r'","metadata":\{\},"tags":\[\],"updated":"([0-9]{15}\.[0-9]{6})"\}')
 
 
+def _embedded_shape(
+    codec_text: str,
+    dim_text: str,
+    groups: dict[tuple[EmbeddingCodec, int], tuple[list[int], list[bytes]]],
+) -> tuple[int, int, list[int], list[bytes]] | None:
+    """Return (bytes, base64 characters, group lists) of an embedding, None past MAX_DIM."""
+    codec, dim = _CODECS[codec_text], int(dim_text)
+    if dim > MAX_DIM:
+        return None
+    width, header = _ROW_BYTES[codec]
+    size = width * dim + header
+    group = groups.get((codec, dim))
+    if group is None:
+        group = groups[(codec, dim)] = ([], [])
+    return size, 4 * ((size + 2) // 3), group[0], group[1]
+
+
 @dataclass(frozen=True, slots=True)
 class LiveScan:
     """The records `scan_live_records` accepted, in columns.
@@ -764,45 +781,43 @@ def scan_live_records(records: Iterable[str]) -> LiveScan:
     updated: list[str] = []
     authors: list[str] = []
     groups: dict[tuple[EmbeddingCodec, int], tuple[list[int], list[bytes]]] = {}
+    # (codec text, dim text) -> (bytes, base64 characters, the group's index and data lists)
+    shapes: dict[tuple[str, str], tuple[int, int, list[int], list[bytes]] | None] = {}
     stamps: dict[str, Timestamp] = {}
-    head, live_tail, embedded_tail = _LIVE_HEAD.match, _LIVE_TAIL.match, _EMBEDDED_TAIL.match
-    b64decode, codecs, row_bytes = binascii.a2b_base64, _CODECS, _ROW_BYTES
+    head, live_tail = _LIVE_HEAD.match, _LIVE_TAIL.fullmatch
+    embedded_tail, b64decode = _EMBEDDED_TAIL.fullmatch, binascii.a2b_base64
     for index, record in enumerate(records):
         found = head(record)
         if found is not None:
             author, codec_text, confidence, dim_text = found.groups()
-            tail = None
-            if 0.0 <= float(confidence) <= 1.0:
-                if codec_text is None:
-                    if dim_text is None:
-                        tail = live_tail(record, found.end())
-                        if tail is not None and tail.end() == len(record):
-                            positions.append(index)
-                            updated.append(tail.group(1))
-                            authors.append(author)
-                            continue
-                elif dim_text is not None:
-                    codec, dim = codecs[codec_text], int(dim_text)
-                    width, header = row_bytes[codec]
-                    size = width * dim + header
+            if codec_text is not None and dim_text is not None:
+                key = (codec_text, dim_text)
+                shape = shapes.get(key)
+                if shape is None and key not in shapes:
+                    shape = shapes[key] = _embedded_shape(codec_text, dim_text, groups)
+                if shape is not None:
+                    size, chars, indices, rows = shape
                     start = found.end()
-                    stop = start + 4 * ((size + 2) // 3)  # the base64 text of `size` bytes
-                    tail = embedded_tail(record, stop)
-                    if dim <= MAX_DIM and tail is not None and tail.end() == len(record):
+                    tail = embedded_tail(record, start + chars)
+                    if tail is not None and 0.0 <= float(confidence) <= 1.0:
                         try:
-                            data = b64decode(record[start:stop], strict_mode=True)
+                            data = b64decode(record[start : start + chars], strict_mode=True)
                         except ValueError:  # binascii.Error, or not ASCII
                             data = b""
                         if len(data) == size:
-                            group = groups.get((codec, dim))
-                            if group is None:
-                                group = groups[(codec, dim)] = ([], [])
-                            group[0].append(index)
-                            group[1].append(data)
+                            indices.append(index)
+                            rows.append(data)
                             positions.append(index)
                             updated.append(tail.group(1))
                             authors.append(author)
                             continue
+            elif codec_text is None and dim_text is None:
+                tail = live_tail(record, found.end())
+                if tail is not None and 0.0 <= float(confidence) <= 1.0:
+                    positions.append(index)
+                    updated.append(tail.group(1))
+                    authors.append(author)
+                    continue
         values = _json_live_fields(record, stamps)
         if values is None:
             continue
