@@ -880,7 +880,8 @@ class TieredMemory:
             return
         if not to_index and len(fresh.vectors) == 1:  # an initial sync's slice: one matrix
             rows, matrix = fresh.vectors[0]
-            self._index.upsert_many(tier, [ordered[p] for p in rows], matrix)
+            # Normalised at the next search: the sync's receiver is paced by its CPU.
+            self._index.upsert_many(tier, [ordered[p] for p in rows], matrix, defer=True)
             return
         merged = list(zip(index_at, to_index, strict=True))
         for rows, matrix in fresh.vectors:

@@ -74,7 +74,7 @@ def _normalise_rows(matrix: npt.NDArray[np.generic], out: FloatArray | None = No
 class _Block:
     """Preallocated rows of one dimension with liveness, tier codes and a free list."""
 
-    __slots__ = ("count", "free", "keys", "live", "tiers", "used", "vectors")
+    __slots__ = ("count", "free", "keys", "live", "pending", "tiers", "used", "vectors")
 
     def __init__(self, dim: int) -> None:
         """Allocate an empty block for vectors of `dim` components."""
@@ -85,6 +85,9 @@ class _Block:
         self.free: list[int] = []
         self.used = 0  # rows [0, used) have ever been handed out
         self.count = 0  # live rows
+        # Live rows [start, stop) that `add_many(defer=True)` appended as given: `settle`
+        # normalises them before anything reads, replaces or frees a row.
+        self.pending: list[tuple[int, int]] = []
 
     def _grow(self, needed: int = 0) -> None:
         """Double the capacity (or more, to hold `needed` rows), keeping rows in place."""
@@ -99,12 +102,18 @@ class _Block:
         self.keys.extend([None] * (capacity - len(self.keys)))
 
     def add_many(
-        self, keys: list[Key], tier_codes: list[int] | int, vectors: FloatArray
+        self,
+        keys: list[Key],
+        tier_codes: list[int] | int,
+        vectors: FloatArray,
+        *,
+        defer: bool = False,
     ) -> list[int]:
         """Store the vectors as `add` would one by one (same rows); return the row numbers.
 
-        `tier_codes` is one code per key, or one for all of them. Unnormalised rows are
-        normalised here (`_normalise_rows`), written straight into the block.
+        `tier_codes` is one code per key, or one for all of them. The rows are given as
+        they are (`_normalise_rows` makes them what `add` stores); with `defer`, appended
+        float32 rows are normalised by `settle`, all others here.
         """
         count = len(keys)
         reused = self.free[::-1][:count]
@@ -122,8 +131,16 @@ class _Block:
                 self.keys[row] = key
         else:
             start = self.used
-            rows = list(range(start, start + count))
-            _normalise_rows(vectors, out=self.vectors[start : start + count])
+            stop = start + count
+            rows = list(range(start, stop))
+            if defer and vectors.dtype == np.float32:  # stored exactly: normalised alike later
+                self.vectors[start:stop] = vectors
+                if self.pending and self.pending[-1][1] == start:
+                    self.pending[-1] = (self.pending[-1][0], stop)
+                else:
+                    self.pending.append((start, stop))
+            else:
+                _normalise_rows(vectors, out=self.vectors[start:stop])
             self.live[start : start + count] = True
             self.tiers[start : start + count] = tier_codes
             self.keys[start : start + count] = keys
@@ -147,8 +164,19 @@ class _Block:
         self.count += 1
         return row
 
+    def settle(self) -> None:
+        """Normalise the rows `add_many` stored as given, a bounded chunk at a time."""
+        step = max(1, _CHUNK_ELEMENTS // self.vectors.shape[1])
+        for start, stop in self.pending:
+            for first in range(start, stop, step):
+                rows = self.vectors[first : min(first + step, stop)]
+                _normalise_rows(rows, out=rows)  # reads every row before it writes
+        self.pending.clear()
+
     def discard(self, row: int) -> None:
         """Mark the row free for reuse."""
+        if self.pending:  # a pending row must not be normalised after its reuse
+            self.settle()
         self.live[row] = False
         self.keys[row] = None
         self.free.append(row)
@@ -189,7 +217,10 @@ class VectorIndex:
         if existing is not None:
             old_dim, row = existing
             if old_dim == dim:
-                self._blocks[dim].vectors[row] = normalised
+                held = self._blocks[dim]
+                if held.pending:
+                    held.settle()
+                held.vectors[row] = normalised
                 return
             self._discard(old_dim, row)
         block = self._blocks.get(dim)
@@ -198,12 +229,19 @@ class VectorIndex:
         self._rows[key] = (dim, block.add(key, tier_code, normalised))
 
     def upsert_many(
-        self, tier: str | Sequence[str], item_ids: Sequence[str], vectors: npt.ArrayLike
+        self,
+        tier: str | Sequence[str],
+        item_ids: Sequence[str],
+        vectors: npt.ArrayLike,
+        *,
+        defer: bool = False,
     ) -> None:
         """Upsert row i of a 2-D matrix under (tier, item_ids[i]), as `upsert` per row would.
 
         `tier` names one tier for every row, or one per row. Raises ValueError, storing
         nothing, if the matrix is not 2-D with one non-empty row per id or is not finite.
+        With `defer`, new float32 rows are normalised when the index is next searched or
+        changed otherwise (same results; an initial sync's apply does not wait for it).
         """
         matrix = np.asarray(vectors)
         tiers = [tier] * len(item_ids) if isinstance(tier, str) else list(tier)
@@ -237,7 +275,7 @@ class VectorIndex:
             stop = start + step
             part = keys[start:stop]
             part_codes = codes if isinstance(codes, int) else codes[start:stop]
-            rows = block.add_many(part, part_codes, matrix[start:stop])
+            rows = block.add_many(part, part_codes, matrix[start:stop], defer=defer)
             self._rows.update(zip(part, zip(repeat(dim), rows), strict=True))
 
     def remove(self, tier: str, item_id: str) -> None:
@@ -267,6 +305,8 @@ class VectorIndex:
         block = self._blocks.get(q.shape[0])
         if block is None:
             return []
+        if block.pending:
+            block.settle()
         used = block.used
         mask = block.live[:used]
         if tiers is not None:
