@@ -143,11 +143,19 @@ def check_update(update: bytes) -> None:
         for _ in range(n_structs):
             # What `_read_struct` does for a root-map entry set to one string with no
             # origins (how a new key arrives), without its call and origin bookkeeping.
+            # Short names (one length byte) are stepped over here; anything unusual or
+            # truncated is left to `_read_struct`, from the struct's start.
             if pos + 1 < size and update[pos] == _NEW_ROOT_ENTRY and update[pos + 1] == 1:
-                end = _skip_string(update, _skip_string(update, pos + 2))
-                if end + 1 < size and update[end] == 1 and update[end + 1] == _ANY_STRING:
-                    pos = _skip_string(update, end + 2)
-                    continue
+                at = pos + 2
+                length = update[at] if at < size else 0x80
+                if length < 0x80:  # the parent's name
+                    at += 1 + length
+                    length = update[at] if at < size else 0x80
+                    if length < 0x80:  # the key
+                        at += 1 + length
+                        if at + 1 < size and update[at] == 1 and update[at + 1] == _ANY_STRING:
+                            pos = _skip_string(update, at + 2)
+                            continue
             _length, _deps, pos = _read_struct(update, pos, client)
 
 
