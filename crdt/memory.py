@@ -48,7 +48,7 @@ from crdt.item import (
 from crdt.item import to_record as encode_record
 from crdt.merkle import MerkleDigest
 from crdt.search import SearchHit, VectorIndex
-from crdt.tier import TierDoc, version_hash
+from crdt.tier import TierDoc, version_hashes
 
 L0 = "L0"
 _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -823,33 +823,19 @@ class TieredMemory:
         entries go to `hashes`; their embeddings stay in the result, for `_index_remote`.
         Other ids are left untouched.
         """
-        where, versions = self._where, self._tiers[tier].versions
-        candidates: list[int] = []
-        writers: list[str] = []
-        records: list[str] = []
-        for position, item_id in enumerate(ordered):
-            if item_id not in where:
-                found = versions(item_id)
-                if len(found) == 1:
-                    ((writer, record),) = found.items()
-                    candidates.append(position)
-                    writers.append(writer)
-                    records.append(record)
+        where = self._where
+        candidates, writers, records = self._tiers[tier].sole_versions(ordered, where)
         if not candidates:
             return _NewLive([], [], [], [])
         scan = scan_live_records(records)
-        ids = [ordered[candidates[k]] for k in scan.positions]
-        hashes.extend(
-            zip(
-                ids,
-                map(
-                    version_hash,
-                    [writers[k] for k in scan.positions],
-                    [records[k] for k in scan.positions],
-                ),
-                strict=True,
-            )
-        )
+        if len(scan.positions) == len(candidates):  # the usual case: every one of them
+            positions = candidates
+        else:
+            positions = [candidates[k] for k in scan.positions]
+            writers = [writers[k] for k in scan.positions]
+            records = [records[k] for k in scan.positions]
+        ids = [ordered[p] for p in positions]
+        hashes.extend(zip(ids, version_hashes(writers, records), strict=True))
         where.update(zip(ids, [{tier} for _ in ids], strict=True))  # what _note_tier records
         self._home.update(zip(ids, repeat(tier)))
         if self._cache:
@@ -859,12 +845,10 @@ class TieredMemory:
             for item_id in ids:
                 self._l0_vectors.pop(item_id, None)
         vectors = [([candidates[k] for k in rows], matrix) for rows, matrix in scan.vectors]
-        indexed = self._indexed_tier
         for rows, _matrix in vectors:
-            indexed.update(zip([ordered[p] for p in rows], repeat(tier)))
-        return _NewLive(
-            [candidates[k] for k in scan.positions], scan.updated, scan.authors, vectors
-        )
+            embedded = ids if rows == positions else [ordered[p] for p in rows]
+            self._indexed_tier.update(zip(embedded, repeat(tier)))
+        return _NewLive(positions, scan.updated, scan.authors, vectors)
 
     def _index_remote(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 from pycrdt import Doc, Map, merge_updates
@@ -39,6 +39,15 @@ def version_key(item_id: str, writer: str) -> str:
 def version_hash(writer: str, record: str) -> bytes:
     """Return `TierDoc.content_hash` of an item whose one version is `writer`'s `record`."""
     return hashlib.sha256(f"{writer}\0{record}\n".encode()).digest()
+
+
+def version_hashes(writers: Iterable[str], records: Iterable[str]) -> list[bytes]:
+    """Return `version_hash` of each (writer, record) pair, in order."""
+    sha256 = hashlib.sha256
+    return [
+        sha256(f"{writer}\0{record}\n".encode()).digest()
+        for writer, record in zip(writers, records, strict=True)
+    ]
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -95,6 +104,27 @@ class TierDoc:
     def versions(self, item_id: str) -> Mapping[str, str]:
         """Return {writer: record} for `item_id` (empty if absent)."""
         return self._versions.get(item_id, {})
+
+    def sole_versions(
+        self, item_ids: Iterable[str], skip: Container[str]
+    ) -> tuple[list[int], list[str], list[str]]:
+        """Return where, by whom and what the ids with exactly one version here wrote.
+
+        That is (positions in `item_ids`, writers, records), ids in `skip` left out.
+        """
+        positions: list[int] = []
+        writers: list[str] = []
+        records: list[str] = []
+        versions_of = self._versions
+        for position, item_id in enumerate(item_ids):
+            if item_id not in skip:
+                found = versions_of.get(item_id)
+                if found is not None and len(found) == 1:
+                    ((writer, record),) = found.items()
+                    positions.append(position)
+                    writers.append(writer)
+                    records.append(record)
+        return positions, writers, records
 
     def content_hash(self, item_id: str) -> bytes | None:
         """Return a digest of every version of `item_id`, or None when it has none."""
