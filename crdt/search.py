@@ -85,21 +85,33 @@ class _Block:
         self.free: list[int] = []
         self.used = 0  # rows [0, used) have ever been handed out
         self.count = 0  # live rows
-        # Live rows [start, stop) that `add_many(defer=True)` appended as given: `settle`
-        # normalises them before anything reads, replaces or frees a row.
-        self.pending: list[tuple[int, int]] = []
+        # Rows that `add_many(defer=True)` appended, as (first row, float32 rows as given):
+        # every row from the first of them on. `settle` stores them normalised (growing
+        # `vectors`, which may be shorter than the other arrays until then) before anything
+        # reads, replaces or frees a row or stores another vector.
+        self.pending: list[tuple[int, FloatArray]] = []
 
-    def _grow(self, needed: int = 0) -> None:
-        """Double the capacity (or more, to hold `needed` rows), keeping rows in place."""
-        capacity = max(self.vectors.shape[0] * 2, needed)
-        vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
-        vectors[: self.used] = self.vectors[: self.used]
+    def _grow(self, needed: int = 0, *, vectors: bool = True) -> None:
+        """Double the capacity (or more, to hold `needed` rows), keeping rows in place.
+
+        With `vectors` False only the per-row bookkeeping grows (rows still pending).
+        """
+        capacity = max(self.live.shape[0] * 2, needed)
+        if vectors:
+            self._grow_vectors(capacity)
         live = np.zeros(capacity, dtype=np.bool_)
         live[: self.used] = self.live[: self.used]
         tiers = np.zeros(capacity, dtype=np.int32)
         tiers[: self.used] = self.tiers[: self.used]
-        self.vectors, self.live, self.tiers = vectors, live, tiers
+        self.live, self.tiers = live, tiers
         self.keys.extend([None] * (capacity - len(self.keys)))
+
+    def _grow_vectors(self, capacity: int) -> None:
+        """Reallocate `vectors` with `capacity` rows, keeping the stored (settled) rows."""
+        stored = self.pending[0][0] if self.pending else self.used
+        vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
+        vectors[:stored] = self.vectors[:stored]
+        self.vectors = vectors
 
     def add_many(
         self,
@@ -112,17 +124,21 @@ class _Block:
         """Store the vectors as `add` would one by one (same rows); return the row numbers.
 
         `tier_codes` is one code per key, or one for all of them. The rows are given as
-        they are (`_normalise_rows` makes them what `add` stores); with `defer`, appended
-        float32 rows are normalised by `settle`, all others here.
+        they are (`_normalise_rows` makes them what `add` stores); with `defer`, float32
+        rows that need no freed row are kept (a copy) for `settle`, all others stored here.
         """
         count = len(keys)
+        lazy = defer and vectors.dtype == np.float32 and len(self.free) == 0
+        if not lazy and self.pending:
+            self.settle()
         reused = self.free[::-1][:count]
         del self.free[len(self.free) - len(reused) :]
         fresh = count - len(reused)
-        if self.used + fresh > self.vectors.shape[0]:
-            self._grow(self.used + fresh)
+        if self.used + fresh > self.live.shape[0]:
+            self._grow(self.used + fresh, vectors=not lazy)
+        start = self.used
         if reused:
-            rows = [*reused, *range(self.used, self.used + fresh)]
+            rows = [*reused, *range(start, start + fresh)]
             index = np.asarray(rows, dtype=np.intp)
             self.vectors[index] = _normalise_rows(vectors)
             self.live[index] = True
@@ -130,17 +146,11 @@ class _Block:
             for row, key in zip(rows, keys, strict=True):
                 self.keys[row] = key
         else:
-            start = self.used
-            stop = start + count
-            rows = list(range(start, stop))
-            if defer and vectors.dtype == np.float32:  # stored exactly: normalised alike later
-                self.vectors[start:stop] = vectors
-                if self.pending and self.pending[-1][1] == start:
-                    self.pending[-1] = (self.pending[-1][0], stop)
-                else:
-                    self.pending.append((start, stop))
+            rows = list(range(start, start + count))
+            if lazy:
+                self.pending.append((start, np.array(vectors, dtype=np.float32)))
             else:
-                _normalise_rows(vectors, out=self.vectors[start:stop])
+                _normalise_rows(vectors, out=self.vectors[start : start + count])
             self.live[start : start + count] = True
             self.tiers[start : start + count] = tier_codes
             self.keys[start : start + count] = keys
@@ -150,10 +160,12 @@ class _Block:
 
     def add(self, key: Key, tier_code: int, vector: FloatArray) -> int:
         """Store the vector in a free row and return the row number."""
+        if self.pending:
+            self.settle()
         if self.free:
             row = self.free.pop()
         else:
-            if self.used == self.vectors.shape[0]:
+            if self.used == self.live.shape[0]:
                 self._grow()
             row = self.used
             self.used += 1
@@ -165,12 +177,16 @@ class _Block:
         return row
 
     def settle(self) -> None:
-        """Normalise the rows `add_many` stored as given, a bounded chunk at a time."""
+        """Store the pending rows normalised (`_normalise_rows`), a bounded chunk at a time."""
+        if not self.pending:
+            return
+        if self.vectors.shape[0] < self.live.shape[0]:
+            self._grow_vectors(self.live.shape[0])
         step = max(1, _CHUNK_ELEMENTS // self.vectors.shape[1])
-        for start, stop in self.pending:
-            for first in range(start, stop, step):
-                rows = self.vectors[first : min(first + step, stop)]
-                _normalise_rows(rows, out=rows)  # reads every row before it writes
+        for start, rows in self.pending:
+            for first in range(0, rows.shape[0], step):
+                part = rows[first : first + step]
+                _normalise_rows(part, out=self.vectors[start + first : start + first + len(part)])
         self.pending.clear()
 
     def discard(self, row: int) -> None:

@@ -22,7 +22,7 @@ KEYS = st.tuples(st.sampled_from(["L1", "L2", "L3"]), st.sampled_from([f"i{n}" f
 @st.composite
 def batches(draw: st.DrawFn) -> tuple[Any, ...]:
     dim = draw(st.sampled_from([1, 3, 8]))
-    count = draw(st.integers(1, 30))
+    count = draw(st.integers(1, 30) | st.integers(60, 150))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     seed = draw(st.integers(0, 2**16))
     scale = draw(st.sampled_from([1e-30, 1.0, 1e30]))
@@ -32,7 +32,7 @@ def batches(draw: st.DrawFn) -> tuple[Any, ...]:
     one_tier = draw(st.booleans())
     tier = draw(st.sampled_from(["L1", "L2", "L3"]))
     prefix = draw(st.sampled_from(["i", "j", "k"]))
-    ids = [f"{prefix}{n}" for n in draw(st.permutations(range(40)))[:count]]
+    ids = [f"{prefix}{n}" for n in draw(st.permutations(range(200)))[:count]]
     if draw(st.integers(0, 9)) == 0 and count > 1:
         ids[-1] = ids[0]  # a repeated key
     tiers: Any = tier if one_tier else [draw(st.sampled_from(["L1", "L2", "L3"])) for _ in ids]
