@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "sim": "bench.sim",
     "net": "bench.net",
     "hub": "bench.hub",
+    "apply": "bench.apply",
 }
 
 

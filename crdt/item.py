@@ -614,6 +614,73 @@ def _timestamp(text: object, known: dict[str, Timestamp]) -> Timestamp | None:
     return stamp
 
 
+def _json_live_fields(record: str, stamps: dict[str, Timestamp]) -> tuple[Any, ...] | None:
+    """Return a live, unmoved record's fields as `from_record` reads them, else None.
+
+    The fields are (content, content_hash, metadata, tags, citations, confidence, created,
+    updated, author, codec, dim, embedding bytes); dim and bytes are None without an
+    embedding. None also for any shape `live_record_text` does not write.
+    """
+    try:
+        raw, end = _scan_json(record, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if end != len(record) or type(raw) is not dict:
+        return None
+    keys = raw.keys()
+    if keys == _LIVE_KEYS:
+        embedded = False
+        codec = EmbeddingCodec.F32
+    elif keys == _LIVE_EMBEDDED_KEYS:
+        embedded = True
+        codec_value = raw["codec"]
+        found = _CODECS.get(codec_value) if type(codec_value) is str else None
+        if found is None:
+            return None
+        codec = found
+    else:
+        return None
+    content, content_hash, author = raw["content"], raw["content_hash"], raw["author"]
+    metadata, confidence = raw["metadata"], raw["confidence"]
+    if (
+        type(content) is not str
+        or type(content_hash) is not str
+        or type(author) is not str
+        or type(metadata) is not dict
+        or not (type(confidence) is float or type(confidence) is int)
+        or not 0.0 <= confidence <= 1.0
+    ):
+        return None
+    if metadata:
+        try:
+            canonical_json(metadata)
+        except InvalidItemError:
+            return None
+    tags = _plain_strings(raw["tags"])
+    citations = _plain_strings(raw["citations"])
+    created = _timestamp(raw["created"], stamps)
+    updated = _timestamp(raw["updated"], stamps)
+    if tags is None or citations is None or created is None or updated is None:
+        return None
+    dim: int | None = None
+    data: bytes | None = None
+    if embedded:
+        dim, text = raw["dim"], raw["embedding"]
+        if type(dim) is not int or not 1 <= dim <= MAX_DIM or type(text) is not str:
+            return None
+        try:
+            data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError):
+            return None
+        width, header = _ROW_BYTES[codec]
+        if len(data) != width * dim + header:
+            return None
+    return (
+        content, content_hash, metadata, tags, citations, float(confidence), created, updated,
+        author, codec, dim, data,
+    )  # fmt: skip
+
+
 def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[MemoryItem | None]:
     """Decode `(item_id, record)` pairs as `from_record` does, embeddings in one pass.
 
@@ -621,70 +688,17 @@ def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[Me
     shape `live_record_text` writes, else None (then call `from_record`).
     """
     out: list[MemoryItem | None] = []
+    ids: list[str] = []
     fields: list[tuple[Any, ...] | None] = []
     groups: dict[tuple[EmbeddingCodec, int], list[tuple[int, bytes]]] = {}
     stamps: dict[str, Timestamp] = {}
-    b64decode = binascii.a2b_base64
     for index, (item_id, record) in enumerate(entries):
         out.append(None)
-        fields.append(None)
-        try:
-            raw, end = _scan_json(record, 0)
-        except (StopIteration, ValueError, RecursionError):
-            continue
-        if end != len(record) or type(raw) is not dict:
-            continue
-        keys = raw.keys()
-        if keys == _LIVE_KEYS:
-            embedded = False
-            codec = EmbeddingCodec.F32
-        elif keys == _LIVE_EMBEDDED_KEYS:
-            embedded = True
-            codec_value = raw["codec"]
-            found = _CODECS.get(codec_value) if type(codec_value) is str else None
-            if found is None:
-                continue
-            codec = found
-        else:
-            continue
-        content, content_hash, author = raw["content"], raw["content_hash"], raw["author"]
-        metadata, confidence = raw["metadata"], raw["confidence"]
-        if (
-            type(content) is not str
-            or type(content_hash) is not str
-            or type(author) is not str
-            or type(metadata) is not dict
-            or not (type(confidence) is float or type(confidence) is int)
-            or not 0.0 <= confidence <= 1.0
-        ):
-            continue
-        if metadata:
-            try:
-                canonical_json(metadata)
-            except InvalidItemError:
-                continue
-        tags = _plain_strings(raw["tags"])
-        citations = _plain_strings(raw["citations"])
-        created = _timestamp(raw["created"], stamps)
-        updated = _timestamp(raw["updated"], stamps)
-        if tags is None or citations is None or created is None or updated is None:
-            continue
-        if embedded:
-            dim, text = raw["dim"], raw["embedding"]
-            if type(dim) is not int or not 1 <= dim <= MAX_DIM or type(text) is not str:
-                continue
-            try:
-                data = b64decode(text.encode("ascii"), strict_mode=True)
-            except (binascii.Error, UnicodeEncodeError):
-                continue
-            width, header = _ROW_BYTES[codec]
-            if len(data) != width * dim + header:
-                continue
-            groups.setdefault((codec, dim), []).append((index, data))
-        fields[index] = (
-            item_id, tier, content, content_hash, None, metadata, tags, citations,
-            float(confidence), created, updated, author, codec,
-        )  # fmt: skip
+        ids.append(item_id)
+        values = _json_live_fields(record, stamps)
+        fields.append(values)
+        if values is not None and values[11] is not None:
+            groups.setdefault((values[9], values[10]), []).append((index, values[11]))
     vectors: dict[int, FloatVector] = {}
     for (codec, dim), rows in groups.items():
         matrix = _decode_rows(codec, dim, b"".join(data for _index, data in rows))
@@ -696,16 +710,144 @@ def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[Me
                 vectors[index] = vector
             else:
                 fields[index] = None  # from_record refuses it
-    for index, values in enumerate(fields):
+    for index, (item_id, values) in enumerate(zip(ids, fields, strict=True)):
         if values is None:
             continue
-        item_id, _tier, content, content_hash, _none, metadata, tags, citations = values[:8]
-        confidence, created, updated, author, codec = values[8:]
+        content, content_hash, metadata, tags, citations, confidence = values[:6]
+        created, updated, author, codec = values[6:10]
         out[index] = new_live_item(
             item_id, tier, content, content_hash, vectors.get(index), metadata, tags,
             citations, confidence, created, updated, author, codec,
         )  # fmt: skip
     return out
+
+
+# What `live_record_text` writes with no metadata, tags or citations (an initial sync's
+# common shape), as one pattern: JSON strings without escapes or control characters (so
+# their text is their value), numbers in JSON's grammar with ASCII digits only. It stops
+# where the embedding's text starts; the rest is matched at the offset the dimension gives.
+_JSON_TEXT = r'[^"\\\x00-\x1f]*'
+_LIVE_HEAD = re.compile(
+    rf'\{{"author":"({_JSON_TEXT})","citations":\[\],(?:"codec":"(f32|f16|i8)",)?'
+    r'"confidence":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
+    rf'"content":"{_JSON_TEXT}","content_hash":"{_JSON_TEXT}",'
+    r'"created":"[0-9]{15}\.[0-9]{6}",(?:"dim":([1-9][0-9]{0,3}),"embedding":")?'
+)
+_LIVE_TAIL = re.compile(r'"metadata":\{\},"tags":\[\],"updated":"([0-9]{15}\.[0-9]{6})"\}')
+_EMBEDDED_TAIL = re.compile(r'","metadata":\{\},"tags":\[\],"updated":"([0-9]{15}\.[0-9]{6})"\}')
+
+
+def _embedded_shape(
+    codec_text: str,
+    dim_text: str,
+    groups: dict[tuple[EmbeddingCodec, int], tuple[list[int], list[bytes]]],
+) -> tuple[int, int, list[int], list[bytes]] | None:
+    """Return (bytes, base64 characters, group lists) of an embedding, None past MAX_DIM."""
+    codec, dim = _CODECS[codec_text], int(dim_text)
+    if dim > MAX_DIM:
+        return None
+    width, header = _ROW_BYTES[codec]
+    size = width * dim + header
+    group = groups.get((codec, dim))
+    if group is None:
+        group = groups[(codec, dim)] = ([], [])
+    return size, 4 * ((size + 2) // 3), group[0], group[1]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveScan:
+    """The records `scan_live_records` accepted, in columns.
+
+    `positions` are the accepted entries' indices, ascending; `updated` and `authors` are
+    their records' encoded `updated` stamps and authors. `vectors` holds, per codec and
+    dimension, the indices of the entries with an embedding and the decoded rows, one per
+    index, in order.
+    """
+
+    positions: list[int]
+    updated: list[str]
+    authors: list[str]
+    vectors: list[tuple[list[int], FloatMatrix]]
+
+
+def scan_live_records(records: Iterable[str]) -> LiveScan:
+    """Accept the records `decode_new_records` decodes, giving what a new id needs of them.
+
+    An accepted record is one for which `from_record` returns a live, unmoved version; its
+    columns hold that version's `updated.encode()`, `author` and `embedding` (bit for bit).
+    Every other record is left out (then call `from_record`, which may still decode it).
+    """
+    positions: list[int] = []
+    updated: list[str] = []
+    authors: list[str] = []
+    groups: dict[tuple[EmbeddingCodec, int], tuple[list[int], list[bytes]]] = {}
+    # (codec text, dim text) -> (bytes, base64 characters, the group's index and data lists)
+    shapes: dict[tuple[str, str], tuple[int, int, list[int], list[bytes]] | None] = {}
+    stamps: dict[str, Timestamp] = {}
+    head, live_tail = _LIVE_HEAD.match, _LIVE_TAIL.fullmatch
+    embedded_tail, b64decode = _EMBEDDED_TAIL.fullmatch, binascii.a2b_base64
+    for index, record in enumerate(records):
+        found = head(record)
+        if found is not None:
+            author, codec_text, confidence, dim_text = found.groups()
+            if codec_text is not None and dim_text is not None:
+                key = (codec_text, dim_text)
+                shape = shapes.get(key)
+                if shape is None and key not in shapes:
+                    shape = shapes[key] = _embedded_shape(codec_text, dim_text, groups)
+                if shape is not None:
+                    size, chars, indices, rows = shape
+                    start = found.end()
+                    tail = embedded_tail(record, start + chars)
+                    if tail is not None and 0.0 <= float(confidence) <= 1.0:
+                        try:
+                            data = b64decode(record[start : start + chars], strict_mode=True)
+                        except ValueError:  # binascii.Error, or not ASCII
+                            data = b""
+                        if len(data) == size:
+                            indices.append(index)
+                            rows.append(data)
+                            positions.append(index)
+                            updated.append(tail.group(1))
+                            authors.append(author)
+                            continue
+            elif codec_text is None and dim_text is None:
+                tail = live_tail(record, found.end())
+                if tail is not None and 0.0 <= float(confidence) <= 1.0:
+                    positions.append(index)
+                    updated.append(tail.group(1))
+                    authors.append(author)
+                    continue
+        values = _json_live_fields(record, stamps)
+        if values is None:
+            continue
+        if values[11] is not None:
+            group = groups.get((values[9], values[10]))
+            if group is None:
+                group = groups[(values[9], values[10])] = ([], [])
+            group[0].append(index)
+            group[1].append(values[11])
+        positions.append(index)
+        updated.append(values[7].encode())
+        authors.append(values[8])
+    vectors: list[tuple[list[int], FloatMatrix]] = []
+    refused: set[int] = set()
+    for (codec, dim), (indices, rows) in groups.items():
+        matrix = _decode_rows(codec, dim, b"".join(rows))
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():  # from_record refuses those
+            flags: list[bool] = finite.tolist()  # type: ignore[assignment]
+            refused.update(i for i, ok in zip(indices, flags, strict=True) if not ok)
+            indices = [i for i, ok in zip(indices, flags, strict=True) if ok]
+            matrix = matrix[finite]
+        if indices:
+            vectors.append((indices, matrix))
+    if refused:
+        kept = [k for k, index in enumerate(positions) if index not in refused]
+        positions = [positions[k] for k in kept]
+        updated = [updated[k] for k in kept]
+        authors = [authors[k] for k in kept]
+    return LiveScan(positions, updated, authors, vectors)
 
 
 def _decode_rows(codec: EmbeddingCodec, dim: int, data: bytes) -> FloatMatrix:

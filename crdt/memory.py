@@ -8,12 +8,14 @@ change before acknowledging it; nothing here touches a disk, a socket or a clock
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from crdt.cache import EmbeddingReducer, LruCache
 from crdt.codecs import FloatVector, as_vector
@@ -34,19 +36,19 @@ from crdt.item import (
     build_item,
     check_item_id,
     check_tier,
-    decode_new_records,
     embedding_text,
     from_record,
     live_record_text,
     new_live_item,
     quantise_rows,
     quick_fields,
+    scan_live_records,
     tombstone,
 )
 from crdt.item import to_record as encode_record
 from crdt.merkle import MerkleDigest
 from crdt.search import SearchHit, VectorIndex
-from crdt.tier import TierDoc
+from crdt.tier import TierDoc, version_hashes
 
 L0 = "L0"
 _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -102,6 +104,44 @@ class MemoryStats:
     tombstones_collected: int = 0
     remote_updates_applied: int = 0
     by_resolution: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _NewLive:
+    """Ids of an apply taken in bulk (`TieredMemory._take_new_live`), in columns.
+
+    `positions` index the apply's sorted ids, ascending; `updated` and `authors` belong to
+    the one version of each; `vectors` holds, per codec and dimension, the positions of
+    the ids with an embedding and their rows, in order.
+    """
+
+    positions: list[int]
+    updated: list[str]
+    authors: list[str]
+    vectors: list[tuple[list[int], npt.NDArray[np.float32]]]
+
+    def puts(
+        self, tier: str, ordered: Sequence[str], start: int, stop: int
+    ) -> list[tuple[str, int, str, str, str]]:
+        """Return the PUT event entries of `positions[start:stop]` for `_remote_puts`."""
+        stamps = self.updated[start:stop]
+        return list(
+            zip(
+                stamps,
+                [int(stamp[:15]) for stamp in stamps],
+                repeat(tier),
+                [ordered[p] for p in self.positions[start:stop]],
+                self.authors[start:stop],
+            )
+        )
+
+
+def _complement(positions: Sequence[int], count: int) -> list[int]:
+    """Return the numbers in range(count) missing from ascending `positions`."""
+    if len(positions) == count:
+        return []
+    taken = set(positions)
+    return [p for p in range(count) if p not in taken]
 
 
 class TieredMemory:
@@ -480,23 +520,39 @@ class TieredMemory:
         changed = doc.apply_update(update)
         self.stats.remote_updates_applied += 1
         events: list[MemoryEvent] = []
-        newest: Timestamp | None = None
         to_index: list[tuple[str, str, FloatVector]] = []
+        index_at: list[int] = []  # the position in `ordered` of each entry of to_index
         hashes: list[tuple[str, bytes | None]] = []
         ordered = sorted(changed)
-        decoded = self._decode_new(tier, ordered)
+        fresh = self._take_new_live(tier, ordered, hashes)
+        newest: Timestamp | None = None
+        if fresh.updated:
+            top = max(fresh.updated)  # encoded stamps sort as the timestamps do
+            newest = Timestamp(int(top[:15]), int(top[16:]))
+        taken = fresh.positions
+        done = 0  # taken[:done] have their PUT events logged
         puts: list[tuple[str, int, str, str, str]] = []  # PUT events of new ids, not yet logged
-        for item_id in ordered:
+        for position in _complement(taken, len(ordered)):
+            item_id = ordered[position]
+            end = bisect_left(taken, position, done)
+            if end > done:  # logged first: events keep the order of the ids
+                if puts:
+                    events.extend(self._remote_puts(puts))
+                    puts = []
+                events.extend(self._remote_puts(fresh.puts(tier, ordered, done, end)))
+                done = end
             if item_id not in self._where:
-                new = self._refresh_new(item_id, tier, hashes, to_index, decoded.get(item_id))
+                new = self._refresh_new(item_id, tier, hashes, to_index)
                 if new is not None:
+                    if len(to_index) > len(index_at):
+                        index_at.append(position)
                     stamp = new.updated
                     if newest is None or stamp > newest:
                         newest = stamp
                     if not new.deleted:
                         puts.append((stamp.encode(), stamp.wall_ms, tier, item_id, new.author))
                     continue
-            if puts:  # logged first: events keep the order of the ids
+            if puts:
                 events.extend(self._remote_puts(puts))
                 puts = []
             self._note_tier(item_id, tier)
@@ -504,6 +560,8 @@ class TieredMemory:
             resolution = self._refresh(
                 item_id, tier, origin="remote", events=events, to_index=to_index
             )
+            if len(to_index) > len(index_at):
+                index_at.append(position)
             for version in resolution.versions:
                 if newest is None or version.updated > newest:
                     newest = version.updated
@@ -515,8 +573,10 @@ class TieredMemory:
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
         if puts:
             events.extend(self._remote_puts(puts))
+        if done < len(taken):
+            events.extend(self._remote_puts(fresh.puts(tier, ordered, done, len(taken))))
         self._digests[tier].set_many(hashes)
-        self._index_all(to_index)
+        self._index_remote(tier, ordered, fresh, to_index, index_at)
         if newest is not None:
             try:
                 self.clock.observe(newest, now_ms)
@@ -754,28 +814,64 @@ class TieredMemory:
         """Log remote PUT events `(hlc, wall_ms, tier, id, author)` as `_event` would, at once."""
         return self.events.append_many(kind=EventKind.PUT, origin="remote", entries=entries)
 
-    def _decode_new(self, tier: str, item_ids: Sequence[str]) -> dict[str, MemoryItem]:
-        """Decode the one version of each id new to every tier, in one batch.
+    def _take_new_live(
+        self, tier: str, ordered: Sequence[str], hashes: list[tuple[str, bytes | None]]
+    ) -> _NewLive:
+        """Do `_refresh_new` in bulk for the new ids `scan_live_records` accepts; return them.
 
-        Ids known here, with several versions, or whose record `decode_new_records` leaves
-        to `from_record` are absent from the result. Changes nothing.
+        Those are ids new to every tier whose one version in `tier` is live. Their digest
+        entries go to `hashes`; their embeddings stay in the result, for `_index_remote`.
+        Other ids are left untouched.
         """
-        where, versions = self._where, self._tiers[tier].versions
-        entries = []
-        for item_id in item_ids:
-            if item_id not in where:
-                found = versions(item_id)
-                if len(found) == 1:
-                    (record,) = found.values()
-                    entries.append((item_id, record))
-        if not entries:
-            return {}
-        decoded = decode_new_records(tier, entries)
-        return {
-            item_id: item
-            for (item_id, _record), item in zip(entries, decoded, strict=True)
-            if item is not None
-        }
+        where = self._where
+        candidates, writers, records = self._tiers[tier].sole_versions(ordered, where)
+        if not candidates:
+            return _NewLive([], [], [], [])
+        scan = scan_live_records(records)
+        if len(scan.positions) == len(candidates):  # the usual case: every one of them
+            positions = candidates
+        else:
+            positions = [candidates[k] for k in scan.positions]
+            writers = [writers[k] for k in scan.positions]
+            records = [records[k] for k in scan.positions]
+        ids = [ordered[p] for p in positions]
+        hashes.extend(zip(ids, version_hashes(writers, records), strict=True))
+        where.update(zip(ids, [{tier} for _ in ids], strict=True))  # what _note_tier records
+        self._home.update(zip(ids, repeat(tier)))
+        if self._cache:
+            for item_id in ids:
+                self._cache.invalidate(item_id)
+        if self._l0_vectors:
+            for item_id in ids:
+                self._l0_vectors.pop(item_id, None)
+        vectors = [([candidates[k] for k in rows], matrix) for rows, matrix in scan.vectors]
+        for rows, _matrix in vectors:
+            embedded = ids if rows == positions else [ordered[p] for p in rows]
+            self._indexed_tier.update(zip(embedded, repeat(tier)))
+        return _NewLive(positions, scan.updated, scan.authors, vectors)
+
+    def _index_remote(
+        self,
+        tier: str,
+        ordered: Sequence[str],
+        fresh: _NewLive,
+        to_index: list[tuple[str, str, FloatVector]],
+        index_at: list[int],
+    ) -> None:
+        """Index the embeddings of an apply in the order of `ordered`, as one-by-one would."""
+        if not fresh.vectors:
+            self._index_all(to_index)
+            return
+        if not to_index and len(fresh.vectors) == 1:  # an initial sync's slice: one matrix
+            rows, matrix = fresh.vectors[0]
+            # Normalised at the next search: the sync's receiver is paced by its CPU.
+            self._index.upsert_many(tier, [ordered[p] for p in rows], matrix, defer=True)
+            return
+        merged = list(zip(index_at, to_index, strict=True))
+        for rows, matrix in fresh.vectors:
+            merged.extend((p, (tier, ordered[p], row)) for p, row in zip(rows, matrix, strict=True))
+        merged.sort(key=lambda entry: entry[0])
+        self._index_all([entry for _position, entry in merged])
 
     def _refresh_new(
         self,
@@ -783,28 +879,23 @@ class TieredMemory:
         tier: str,
         hashes: list[tuple[str, bytes | None]],
         to_index: list[tuple[str, str, FloatVector]],
-        decoded: MemoryItem | None = None,
     ) -> MemoryItem | None:
         """Do what `_refresh` does for an id new to every tier with one version in `tier`.
 
-        `decoded`, if given, must be `from_record` of that one version. The digest entry
-        and embedding go to `hashes` and `to_index`. Returns the decoded version, or None,
-        having changed nothing, when the shape differs or the record is corrupt (the
-        caller then takes the general path). One version in one tier: there is nothing to
-        resolve and no conflict.
+        The digest entry and embedding go to `hashes` and `to_index`. Returns the decoded
+        version, or None, having changed nothing, when the shape differs or the record is
+        corrupt (the caller then takes the general path). One version in one tier: there
+        is nothing to resolve and no conflict.
         """
         doc = self._tiers[tier]
         versions = doc.versions(item_id)
         if len(versions) != 1:
             return None
-        if decoded is not None:
-            item = decoded
-        else:
-            (record,) = versions.values()
-            try:
-                item = from_record(item_id, tier, record)
-            except CorruptRecordError:
-                return None
+        (record,) = versions.values()
+        try:
+            item = from_record(item_id, tier, record)
+        except CorruptRecordError:
+            return None
         self._where[item_id] = {tier}
         hashes.append((item_id, doc.content_hash(item_id)))
         self._cache.invalidate(item_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TypeAlias
 
 import numpy as np
@@ -41,12 +42,13 @@ def _normalise(vector: npt.ArrayLike, what: str) -> tuple[FloatArray, float]:
     return (v / norm).astype(np.float32), norm * scale
 
 
-def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
+def _normalise_rows(matrix: npt.NDArray[np.generic], out: FloatArray | None = None) -> FloatArray:
     """Return `_normalise` of every row of a finite 2-D matrix, bit for bit.
 
     The same float64 steps per row (a float32 peak is exact, so it is found in float32),
     and the squared norms come from a stacked (1 x d) @ (d x 1) matmul, which numpy
-    computes with the same dot kernel as `np.linalg.norm` of one row.
+    computes with the same dot kernel as `np.linalg.norm` of one row. With `out` (float32,
+    the matrix's shape) the rows are written there, rounded as `astype` would round them.
     """
     if matrix.dtype != np.float32:
         matrix = np.asarray(matrix, dtype=np.float64)
@@ -59,8 +61,11 @@ def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
     norms = np.sqrt(np.matmul(v[:, None, :], v[:, :, None])[:, 0, 0])
     if any_zero:
         norms[zero] = 1.0
-    np.divide(v, norms[:, None], out=v)
-    out: FloatArray = v.astype(np.float32)
+    if out is None:
+        np.divide(v, norms[:, None], out=v)
+        out = v.astype(np.float32)
+    else:  # the quotient is computed in float64 and rounded once, into `out`
+        np.divide(v, norms[:, None], out=out, casting="same_kind")
     if any_zero:
         out[zero] = 0.0  # not -0.0
     return out
@@ -69,7 +74,7 @@ def _normalise_rows(matrix: npt.NDArray[np.generic]) -> FloatArray:
 class _Block:
     """Preallocated rows of one dimension with liveness, tier codes and a free list."""
 
-    __slots__ = ("count", "free", "keys", "live", "tiers", "used", "vectors")
+    __slots__ = ("count", "free", "keys", "live", "pending", "tiers", "used", "vectors")
 
     def __init__(self, dim: int) -> None:
         """Allocate an empty block for vectors of `dim` components."""
@@ -80,50 +85,87 @@ class _Block:
         self.free: list[int] = []
         self.used = 0  # rows [0, used) have ever been handed out
         self.count = 0  # live rows
+        # Rows that `add_many(defer=True)` appended, as (first row, float32 rows as given):
+        # every row from the first of them on. `settle` stores them normalised (growing
+        # `vectors`, which may be shorter than the other arrays until then) before anything
+        # reads, replaces or frees a row or stores another vector.
+        self.pending: list[tuple[int, FloatArray]] = []
 
-    def _grow(self) -> None:
-        """Double the capacity, keeping existing rows in place."""
-        capacity = self.vectors.shape[0] * 2
-        vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
-        vectors[: self.used] = self.vectors[: self.used]
+    def _grow(self, needed: int = 0, *, vectors: bool = True) -> None:
+        """Double the capacity (or more, to hold `needed` rows), keeping rows in place.
+
+        With `vectors` False only the per-row bookkeeping grows (rows still pending).
+        """
+        capacity = max(self.live.shape[0] * 2, needed)
+        if vectors:
+            self._grow_vectors(capacity)
         live = np.zeros(capacity, dtype=np.bool_)
         live[: self.used] = self.live[: self.used]
         tiers = np.zeros(capacity, dtype=np.int32)
         tiers[: self.used] = self.tiers[: self.used]
-        self.vectors, self.live, self.tiers = vectors, live, tiers
+        self.live, self.tiers = live, tiers
         self.keys.extend([None] * (capacity - len(self.keys)))
 
-    def add_many(self, keys: list[Key], tier_codes: list[int], vectors: FloatArray) -> list[int]:
-        """Store the vectors as `add` would one by one (same rows); return the row numbers."""
+    def _grow_vectors(self, capacity: int) -> None:
+        """Reallocate `vectors` with `capacity` rows, keeping the stored (settled) rows."""
+        stored = self.pending[0][0] if self.pending else self.used
+        vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
+        vectors[:stored] = self.vectors[:stored]
+        self.vectors = vectors
+
+    def add_many(
+        self,
+        keys: list[Key],
+        tier_codes: list[int] | int,
+        vectors: FloatArray,
+        *,
+        defer: bool = False,
+    ) -> list[int]:
+        """Store the vectors as `add` would one by one (same rows); return the row numbers.
+
+        `tier_codes` is one code per key, or one for all of them. The rows are given as
+        they are (`_normalise_rows` makes them what `add` stores); with `defer`, float32
+        rows that need no freed row are kept (a copy) for `settle`, all others stored here.
+        """
         count = len(keys)
+        lazy = defer and vectors.dtype == np.float32 and len(self.free) == 0
+        if not lazy and self.pending:
+            self.settle()
         reused = self.free[::-1][:count]
         del self.free[len(self.free) - len(reused) :]
         fresh = count - len(reused)
-        while self.used + fresh > self.vectors.shape[0]:
-            self._grow()
-        rows = [*reused, *range(self.used, self.used + fresh)]
-        self.used += fresh
+        if self.used + fresh > self.live.shape[0]:
+            self._grow(self.used + fresh, vectors=not lazy)
+        start = self.used
         if reused:
+            rows = [*reused, *range(start, start + fresh)]
             index = np.asarray(rows, dtype=np.intp)
-            self.vectors[index] = vectors
+            self.vectors[index] = _normalise_rows(vectors)
             self.live[index] = True
             self.tiers[index] = tier_codes
+            for row, key in zip(rows, keys, strict=True):
+                self.keys[row] = key
         else:
-            start = rows[0]
-            self.vectors[start : start + count] = vectors
+            rows = list(range(start, start + count))
+            if lazy:
+                self.pending.append((start, np.array(vectors, dtype=np.float32)))
+            else:
+                _normalise_rows(vectors, out=self.vectors[start : start + count])
             self.live[start : start + count] = True
             self.tiers[start : start + count] = tier_codes
-        for row, key in zip(rows, keys, strict=True):
-            self.keys[row] = key
+            self.keys[start : start + count] = keys
+        self.used += fresh
         self.count += count
         return rows
 
     def add(self, key: Key, tier_code: int, vector: FloatArray) -> int:
         """Store the vector in a free row and return the row number."""
+        if self.pending:
+            self.settle()
         if self.free:
             row = self.free.pop()
         else:
-            if self.used == self.vectors.shape[0]:
+            if self.used == self.live.shape[0]:
                 self._grow()
             row = self.used
             self.used += 1
@@ -134,8 +176,23 @@ class _Block:
         self.count += 1
         return row
 
+    def settle(self) -> None:
+        """Store the pending rows normalised (`_normalise_rows`), a bounded chunk at a time."""
+        if not self.pending:
+            return
+        if self.vectors.shape[0] < self.live.shape[0]:
+            self._grow_vectors(self.live.shape[0])
+        step = max(1, _CHUNK_ELEMENTS // self.vectors.shape[1])
+        for start, rows in self.pending:
+            for first in range(0, rows.shape[0], step):
+                part = rows[first : first + step]
+                _normalise_rows(part, out=self.vectors[start + first : start + first + len(part)])
+        self.pending.clear()
+
     def discard(self, row: int) -> None:
         """Mark the row free for reuse."""
+        if self.pending:  # a pending row must not be normalised after its reuse
+            self.settle()
         self.live[row] = False
         self.keys[row] = None
         self.free.append(row)
@@ -176,7 +233,10 @@ class VectorIndex:
         if existing is not None:
             old_dim, row = existing
             if old_dim == dim:
-                self._blocks[dim].vectors[row] = normalised
+                held = self._blocks[dim]
+                if held.pending:
+                    held.settle()
+                held.vectors[row] = normalised
                 return
             self._discard(old_dim, row)
         block = self._blocks.get(dim)
@@ -185,12 +245,19 @@ class VectorIndex:
         self._rows[key] = (dim, block.add(key, tier_code, normalised))
 
     def upsert_many(
-        self, tier: str | Sequence[str], item_ids: Sequence[str], vectors: npt.ArrayLike
+        self,
+        tier: str | Sequence[str],
+        item_ids: Sequence[str],
+        vectors: npt.ArrayLike,
+        *,
+        defer: bool = False,
     ) -> None:
         """Upsert row i of a 2-D matrix under (tier, item_ids[i]), as `upsert` per row would.
 
         `tier` names one tier for every row, or one per row. Raises ValueError, storing
         nothing, if the matrix is not 2-D with one non-empty row per id or is not finite.
+        With `defer`, new float32 rows are normalised when the index is next searched or
+        changed otherwise (same results; an initial sync's apply does not wait for it).
         """
         matrix = np.asarray(vectors)
         tiers = [tier] * len(item_ids) if isinstance(tier, str) else list(tier)
@@ -206,12 +273,16 @@ class VectorIndex:
         keys = list(zip(tiers, item_ids, strict=True))
         if not keys:
             return
-        if len(set(keys)) != len(keys) or any(key in self._rows for key in keys):
+        if len(set(keys)) != len(keys) or not self._rows.keys().isdisjoint(keys):
             for key, row in zip(keys, matrix, strict=True):  # rare: replacements
                 self.upsert(key[0], key[1], row)
             return
         dim = matrix.shape[1]
-        codes = [self._tier_codes.setdefault(t, len(self._tier_codes)) for t in tiers]
+        codes: list[int] | int
+        if isinstance(tier, str):
+            codes = self._tier_codes.setdefault(tier, len(self._tier_codes))
+        else:
+            codes = [self._tier_codes.setdefault(t, len(self._tier_codes)) for t in tiers]
         block = self._blocks.get(dim)
         if block is None:
             block = self._blocks[dim] = _Block(dim)
@@ -219,8 +290,9 @@ class VectorIndex:
         for start in range(0, len(keys), step):
             stop = start + step
             part = keys[start:stop]
-            rows = block.add_many(part, codes[start:stop], _normalise_rows(matrix[start:stop]))
-            self._rows.update(zip(part, [(dim, row) for row in rows], strict=True))
+            part_codes = codes if isinstance(codes, int) else codes[start:stop]
+            rows = block.add_many(part, part_codes, matrix[start:stop], defer=defer)
+            self._rows.update(zip(part, zip(repeat(dim), rows), strict=True))
 
     def remove(self, tier: str, item_id: str) -> None:
         """Remove the vector stored under (tier, item_id); do nothing if absent."""
@@ -249,6 +321,8 @@ class VectorIndex:
         block = self._blocks.get(q.shape[0])
         if block is None:
             return []
+        if block.pending:
+            block.settle()
         used = block.used
         mask = block.live[:used]
         if tiers is not None:

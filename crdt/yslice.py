@@ -21,6 +21,7 @@ _EMPTY_DELETE_SET = b"\x00"
 _GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
 _XML_ELEMENT, _XML_HOOK = 3, 5  # type refs that carry a name
 _ANY_STRING = 119
+_NEW_ROOT_ENTRY = 0x20 | _ANY  # info byte: an `any` value with a parent key, no origins
 MAX_ANY_DEPTH = 32  # nesting of lib0 `any` arrays/objects accepted in a value
 _Deps = tuple[tuple[int, int], ...]  # (client, clock) of origins in other clients
 
@@ -134,11 +135,27 @@ def check_update(update: bytes) -> None:
     so a small hostile update could otherwise crash the process.
     """
     count, pos = read_var_uint(update, 0)
+    size = len(update)
     for _ in range(count):
         n_structs, pos = read_var_uint(update, pos)
         client, pos = read_var_uint(update, pos)
         _clock, pos = read_var_uint(update, pos)
         for _ in range(n_structs):
+            # What `_read_struct` does for a root-map entry set to one string with no
+            # origins (how a new key arrives), without its call and origin bookkeeping.
+            # Short names (one length byte) are stepped over here; anything unusual or
+            # truncated is left to `_read_struct`, from the struct's start.
+            if pos + 1 < size and update[pos] == _NEW_ROOT_ENTRY and update[pos + 1] == 1:
+                at = pos + 2
+                length = update[at] if at < size else 0x80
+                if length < 0x80:  # the parent's name
+                    at += 1 + length
+                    length = update[at] if at < size else 0x80
+                    if length < 0x80:  # the key
+                        at += 1 + length
+                        if at + 1 < size and update[at] == 1 and update[at + 1] == _ANY_STRING:
+                            pos = _skip_string(update, at + 2)
+                            continue
             _length, _deps, pos = _read_struct(update, pos, client)
 
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from crdt.memory import NewItem, TieredMemory
+from crdt.memory import NewItem, TieredMemory, _NewLive
 from crdt.yslice import plan_slices
 
 IDS = {"L1": 1, "L2": 2, "L3": 3}
@@ -59,15 +59,22 @@ def test_the_shortcut_gives_what_the_general_path_gives(
     a, b = history(seed)
     receivers = [memory("r", 30), memory("s", 40)]
     monkeypatch.setattr(receivers[1], "_refresh_new", lambda *args: None)
+    monkeypatch.setattr(receivers[1], "_take_new_live", lambda *args: _NewLive([], [], [], []))
     taken = []
-    shortcut = receivers[0]._refresh_new
+    shortcut, bulk = receivers[0]._refresh_new, receivers[0]._take_new_live
 
     def counted(*args: object) -> object:
         result = shortcut(*args)  # type: ignore[arg-type]
         taken.append(result is not None)
         return result
 
+    def counted_bulk(*args: object) -> _NewLive:
+        result = bulk(*args)  # type: ignore[arg-type]
+        taken.extend([True] * len(result.positions))
+        return result
+
     monkeypatch.setattr(receivers[0], "_refresh_new", counted)
+    monkeypatch.setattr(receivers[0], "_take_new_live", counted_bulk)
     events = []
     for receiver in receivers:
         seen = []

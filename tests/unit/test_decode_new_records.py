@@ -27,6 +27,7 @@ from crdt.item import (
     build_item,
     decode_new_records,
     from_record,
+    scan_live_records,
     to_record,
     tombstone,
 )
@@ -157,6 +158,30 @@ def test_batch_decode_equals_from_record(data: st.DataObject) -> None:
             assert got is None, record
             continue
         assert got is None or same(got, expected), record
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_scan_accepts_what_the_batch_decode_decodes(data: st.DataObject) -> None:
+    records = []
+    for item in data.draw(st.lists(items(), min_size=1, max_size=8)):
+        how = data.draw(st.sampled_from(MUTATIONS))
+        records.append((item.id, mutate(to_record(item), how, data.draw)))
+    decoded = decode_new_records(TIER, records)
+    scan = scan_live_records(record for _item_id, record in records)
+    assert scan.positions == [i for i, got in enumerate(decoded) if got is not None]
+    expected = [decoded[i] for i in scan.positions]
+    assert scan.updated == [got.updated.encode() for got in expected if got is not None]
+    assert scan.authors == [got.author for got in expected if got is not None]
+    rows = {
+        i: row for indices, matrix in scan.vectors for i, row in zip(indices, matrix, strict=True)
+    }
+    for i in scan.positions:
+        vector = decoded[i].embedding  # type: ignore[union-attr]
+        if vector is None:
+            assert i not in rows
+        else:
+            assert rows[i].dtype == vector.dtype and rows[i].tobytes() == vector.tobytes()
 
 
 def test_common_records_take_the_batch_path() -> None:

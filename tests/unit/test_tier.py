@@ -85,6 +85,36 @@ def test_garbage_update_is_rejected_and_changes_nothing(garbage: bytes) -> None:
     assert doc.encode_diff() == before
 
 
+def test_a_write_returns_its_own_update_only_after_remote_applies() -> None:
+    a, b = TierDoc("L1", client_id=1), TierDoc("L1", client_id=2)
+    remote = b.write([("x", "B", "b1"), ("y", "B", "y1")])
+    assert remote is not None
+    assert a.apply_update(remote) == {"x", "y"}
+    own = a.write([("z", "A", "z1")])
+    assert own is not None
+    fresh = TierDoc("L1", client_id=3)
+    assert fresh.apply_update(own) == {"z"}
+    assert {i: dict(fresh.versions(i)) for i in fresh.item_ids()} == {"z": {"A": "z1"}}
+
+
+def test_remote_deletes_and_non_string_values_leave_no_version() -> None:
+    doc: Doc = Doc(client_id=9)
+    items: Map = doc.get("items", type=Map)
+    with doc.transaction():
+        items[version_key("a", "n")] = "v"
+        items[version_key("b", "n")] = "w"
+    first = doc.get_update()
+    tier = TierDoc("L1", client_id=2)
+    assert tier.apply_update(first) == {"a", "b"}
+    state = doc.get_state()
+    with doc.transaction():
+        del items[version_key("a", "n")]
+        items[version_key("b", "n")] = Map({"nested": "value"})
+    assert tier.apply_update(doc.get_update(state)) == {"a", "b"}
+    assert not tier.versions("a") and not tier.versions("b")
+    assert list(tier.item_ids()) == []
+
+
 def test_keys_split_only_when_well_formed() -> None:
     assert split_key("item-1/node") == ("item-1", "node")
     assert split_key("no-separator") is None
