@@ -256,7 +256,11 @@ class TierDoc:
         return changed
 
     def _integrate(self, update: bytes) -> set[str]:
-        """Apply an update now; note it in `integrated` if it moved the state vector."""
+        """Apply an update now; note it in `integrated` if it changed the document.
+
+        Moving the state vector is not the only change: an update that only deletes (a
+        peer's tombstone collection) leaves it as it was, and must be persisted too.
+        """
         self._changed_keys.clear()
         before = self.state_vector()
         # yrs' own map observer, not pycrdt's `Map.observe`: pycrdt wraps each event in
@@ -270,7 +274,7 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             subscription.drop()
-        if self.state_vector() != before:
+        if self._changed_keys or self.state_vector() != before:
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 

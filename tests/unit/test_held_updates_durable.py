@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crdt.memory import NewItem, TieredMemory
-from mesh.api import Mesh
+from mesh.api import Mesh, wall_ms
 
 
 def two_updates() -> tuple[bytes, bytes]:
@@ -33,3 +33,22 @@ async def test_an_update_seen_before_is_not_stored_again(tmp_path: Path) -> None
         rows = await mesh._running().run(lambda store: store.last_update_id("L1"))
         assert await mesh.apply_update("L1", first) == 0
         assert await mesh._running().run(lambda store: store.last_update_id("L1")) == rows
+
+
+async def test_an_update_that_only_deletes_survives_a_reopen(tmp_path: Path) -> None:
+    # A peer's tombstone collection deletes versions and adds none: the state vector stays.
+    writer = TieredMemory(node_id="w", client_ids={"L1": 501, "L2": 502, "L3": 503})
+    now = wall_ms()
+    ((_t, put),) = writer.put(NewItem("L1", "soon gone", "x"), now).updates
+    ((_t, dead),) = writer.delete("x", now + 1).updates
+    retention = writer.config.policy("L1").tombstone_retention_ms
+    ((_t, collected),) = writer.collect_tombstones(now + retention + 10).updates
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.apply_update("L1", put)
+        await mesh.apply_update("L1", dead)
+        assert "x" in mesh.memory.tier_doc("L1")  # the tombstone, kept for its retention
+        await mesh.apply_update("L1", collected)
+        assert "x" not in mesh.memory.tier_doc("L1")
+    async with Mesh.open(tmp_path) as reopened:  # too young to be collected here at open
+        assert "x" not in reopened.memory.tier_doc("L1")
+        assert reopened.memory.digest("L1").root() == writer.digest("L1").root()
