@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
+from lone_node import NullTransport, fail_next_commit
 
 from mesh.api import Mesh
 from mesh.config import NodeConfig
 from mesh.inputs import AckLevel
 from mesh.node import Node
 from mesh.runtime import NodeRuntime, WriteError
-from mesh.store import StoreFullError
-
-
-class NullTransport:
-    """A transport with no peers: a lone node."""
-
-    async def connect(self, peer_id: str, address: str, port: int) -> None:
-        raise OSError("no peers here")
-
-    def send(self, peer_id: str, frame: bytes, *, urgent: bool = False) -> bool:
-        return False
-
-    def disconnect(self, peer_id: str) -> None:
-        return None
-
-
-def fail_next_commit(mesh: Mesh) -> None:
-    """Make the store's next commit fail as on a full disk; later ones succeed."""
-    store = mesh._running().store
-    original, failures = store.commit, [1]
-
-    def full_once(**kwargs: Any) -> None:
-        if failures:
-            failures.pop()
-            raise StoreFullError(f"{store.path}: database or disk is full")
-        original(**kwargs)
-
-    store.commit = full_once  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("ack", [AckLevel.LOCAL, AckLevel.PEER])

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from lone_node import NullTransport
 
 from hub_role.signing import Ed25519Signer
 from hub_role.stats import MeshStats
@@ -114,19 +115,6 @@ def test_stats_and_lease_without_a_daemon_fail_in_one_line(
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no daemon is running" in err
-
-
-class NullTransport:
-    """A transport with no peers: a lone node."""
-
-    async def connect(self, peer_id: str, address: str, port: int) -> None:
-        raise OSError("no peers here")
-
-    def send(self, peer_id: str, frame: bytes, *, urgent: bool = False) -> bool:
-        return False
-
-    def disconnect(self, peer_id: str) -> None:
-        return None
 
 
 async def test_lease_through_a_running_node_is_granted_fenced_and_renewed(
