@@ -125,6 +125,11 @@ class Tick:
     """Time passed; the node runs whatever timers are due at `now`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Leaving:
+    """The node shuts down gracefully: it tells every live member it LEFT (once)."""
+
+
 Input = (
     PeerFound
     | PeerLost
@@ -136,5 +141,6 @@ Input = (
     | QueryRequested
     | LeaseRequested
     | LeaseReleased
+    | Leaving
     | Tick
 )

@@ -304,15 +304,25 @@ class Membership:
         peer = self.rng.choice(dead)
         return [Outgoing(peer, Ping(self._next_seq(), self.gossip_for(peer)))]
 
-    def leave(self, now: float) -> list[Outgoing]:
-        """Stop probing and gossip LEFT(self) to a few live members (tick keeps gossiping it)."""
+    @property
+    def left(self) -> bool:
+        """Return True once this node has announced that it LEFT."""
+        return self._left
+
+    def leave(self, now: float, *, everyone: bool = False) -> list[Outgoing]:
+        """Stop probing and gossip LEFT(self) to a few live members (tick keeps gossiping it).
+
+        With `everyone`, tell every live member at once: a process about to exit has no
+        later tick to spread it.
+        """
         self._start(now)
         self._left = True
         self._members[self.self_id] = MemberInfo(LEFT, self.incarnation, "", now)
         self._enqueue(MemberUpdate(self.self_id, LEFT, self.incarnation), priority=1)
         self._next_gossip = now + self.config.gossip_interval
         live = self._live
-        peers = self.rng.sample(live, min(max(self.config.gossip_fanout, 1) * 2, len(live)))
+        count = len(live) if everyone else min(max(self.config.gossip_fanout, 1) * 2, len(live))
+        peers = self.rng.sample(live, count)
         return [Outgoing(p, Ping(self._next_seq(), self.gossip_for(p))) for p in peers]
 
     def gossip_for(self, peer_id: str) -> tuple[MemberUpdate, ...]:

@@ -50,6 +50,7 @@ from mesh.inputs import (
     Input,
     LeaseReleased,
     LeaseRequested,
+    Leaving,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -241,6 +242,14 @@ class Node(HubRole):
             effects = self._on_lease_request(event)
         elif isinstance(event, LeaseReleased):
             effects = self._on_lease_release(event)
+        elif isinstance(event, Leaving):
+            # Peers then stop probing us and, if we are the hub, elect the next one at once
+            # instead of after the hub timeout.
+            effects = (
+                []
+                if self.membership.left
+                else self._outgoing(self.membership.leave(now, everyone=True))
+            )
         else:
             effects = self._on_query_request(event)
         effects.extend(self._membership_changes())

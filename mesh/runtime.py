@@ -41,6 +41,7 @@ from mesh.inputs import (
     FrameReceived,
     ImportRequested,
     Input,
+    Leaving,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -52,6 +53,7 @@ from mesh.node import Node
 from mesh.ports import Transport
 
 log = logging.getLogger("memmesh.runtime")
+LEAVE_GRACE_S = 0.1  # time the transport gets to send the goodbyes before it closes
 HELD_MAX_BYTES = 64 << 20  # frames held while a commit fails; beyond, anti-entropy repairs
 
 
@@ -151,9 +153,17 @@ class NodeRuntime:
         self.submit(Tick())
 
     async def close(self) -> None:
-        """Run queued effects, then stop; pending writes fail with WriteError."""
+        """Tell peers we leave, run queued effects, then stop; pending writes fail (WriteError)."""
         if self._closed:
             return
+        said_goodbye = False
+        if self._tasks:
+            try:  # members stop probing us, and a hub's successor is elected at once
+                self.submit(Leaving())
+            except Exception:  # a goodbye that fails must not keep the node from stopping
+                log.exception("could not announce leaving")
+            else:
+                said_goodbye = bool(self.node.links)
         self._closed = True
         for task in self._connects.values():
             task.cancel()
@@ -165,6 +175,8 @@ class NodeRuntime:
                 await timer
         if executor is not None:
             await executor
+        if said_goodbye:
+            await asyncio.sleep(LEAVE_GRACE_S)  # the transport sends them in tasks of its own
         if self._release is not None:
             self._release.cancel()
         if self._held:  # the store never recovered: what they carry is not durable here

@@ -43,6 +43,7 @@ from mesh.inputs import (
     Input,
     LeaseReleased,
     LeaseRequested,
+    Leaving,
     LinkDown,
     LinkUp,
     PeerFound,
@@ -89,6 +90,7 @@ class SimNode:
     rng: random.Random
     skew_s: float = 0.0
     alive: bool = True
+    left: bool = False  # stopped by `leave`: frames it sent before still arrive
     incarnation: int = 0
     group: int = 0
     timer_at: float | None = None
@@ -260,12 +262,21 @@ class World:
         """Stop a node at once: no more frames, timers or writes; its disk survives."""
         self.nodes[node_id].alive = False
 
+    def leave(self, node_id: str) -> None:
+        """Stop a node gracefully: it tells its live members it LEFT, then stops as `crash`.
+
+        Unlike a crash, the frames it sent before stopping (the goodbyes) still arrive.
+        """
+        self._input(node_id, Leaving())
+        self.crash(node_id)
+        self.nodes[node_id].left = True
+
     def restart(self, node_id: str) -> None:
         """Boot a crashed node again from its disk, with fresh Yjs client ids."""
         sim = self.nodes[node_id]
         sim.incarnation += 1
         sim.node = self._boot(node_id, sim.disk, sim.rng, sim.incarnation)
-        sim.alive = True
+        sim.alive, sim.left = True, False
         sim.timer_at = None
         others = [other for other in sorted(self.nodes) if other != node_id]
         if self.discovery == "burst":
@@ -452,11 +463,20 @@ class World:
             self._schedule(delay, lambda: self._deliver(src, dst, frame))
 
     def _deliver(self, src: str, dst: str, frame: bytes) -> None:
-        if not self.reachable(src, dst):
+        if not self.reachable(src, dst) and not self._sent_before_leaving(src, dst):
             self.frames_dropped += 1
             return
         self.frames_delivered += 1
         self._input(dst, FrameReceived(src, frame))
+
+    def _sent_before_leaving(self, src: str, dst: str) -> bool:
+        sender, receiver = self.nodes[src], self.nodes.get(dst)
+        return (
+            sender.left
+            and receiver is not None
+            and receiver.alive
+            and receiver.group == sender.group
+        )
 
     # ----------------------------------------------------------------- observing
 

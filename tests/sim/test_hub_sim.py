@@ -16,7 +16,7 @@ from mesh.config import NodeConfig
 from mesh.frames import Flags, Priority
 from mesh.inputs import AckLevel, FrameReceived
 from mesh.membership import SwimConfig
-from mesh.messages import HubClaim, HubRelay, MemorySync, SyncKind
+from mesh.messages import HubClaim, HubRelay, MemberState, MemorySync, SyncKind
 from simulations.world import World
 
 LAN = NodeConfig.sim(swim=SwimConfig.lan())
@@ -323,3 +323,19 @@ def test_the_hub_fans_a_tier_out_only_to_nodes_that_replicate_it() -> None:
     world.write("n001", [NewItem("L1", "note", "l1-note")], ack=AckLevel.HUB)
     world.run_until(5.0)
     assert 0x0202 in received and "l1-note" in phone.memory
+
+
+def test_a_hub_that_leaves_gracefully_is_replaced_before_its_timeout() -> None:
+    world = mesh(40, seed=7)
+    world.run_until(3.0)
+    old = the_hub(world)
+    assert old is not None
+    timeout = LAN.hub.timeout_s
+    world.leave(old)
+    left_at = world.now
+    replaced = world.run_until(left_at + timeout, stop=lambda: the_hub(world) not in (None, old))
+    assert replaced, f"no new hub within the {timeout} s hub timeout"
+    assert world.now - left_at < timeout / 2
+    world.run_until(world.now + 1.0)  # gossip carries the news to any goodbye that was late
+    survivors = [s.node for s in world.live()]
+    assert all(n.membership.state_of(old) is MemberState.LEFT for n in survivors)
