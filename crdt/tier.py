@@ -200,7 +200,7 @@ class TierDoc:
         """
         self.integrated = []
         try:
-            check_update(update)  # before yrs: it would crash on values nested thousands deep
+            deletes = check_update(update)  # before yrs: values nested thousands deep crash it
             head = single_client_start(update)
         except WireFormatError as exc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
@@ -211,7 +211,7 @@ class TierDoc:
                 raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
             self._hold(head[0], head[1], update)
             return set()
-        changed = self._integrate(update)
+        changed = self._integrate(update, deletes=deletes)
         if self._held:
             changed |= self._release_held()
         return changed
@@ -247,7 +247,7 @@ class TierDoc:
             still_held = []
             for client, start, update in sorted(self._held, key=lambda h: (h[0], h[1])):
                 if start <= vector.get(client, 0):
-                    changed |= self._integrate(update)
+                    changed |= self._integrate(update, deletes=check_update(update))
                     vector = decode_state_vector(self.state_vector())
                     progress = True
                 else:
@@ -255,11 +255,13 @@ class TierDoc:
             self._held = still_held
         return changed
 
-    def _integrate(self, update: bytes) -> set[str]:
+    def _integrate(self, update: bytes, *, deletes: bool) -> set[str]:
         """Apply an update now; note it in `integrated` if it changed the document.
 
         Moving the state vector is not the only change: an update that only deletes (a
-        peer's tombstone collection) leaves it as it was, and must be persisted too.
+        peer's tombstone collection) leaves it as it was, and must be persisted too. So is
+        any update that `deletes`: yrs may keep a deletion of items it has not seen yet
+        pending, and apply it only when they arrive in another update.
         """
         self._changed_keys.clear()
         before = self.state_vector()
@@ -274,7 +276,7 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             subscription.drop()
-        if self._changed_keys or self.state_vector() != before:
+        if deletes or self._changed_keys or self.state_vector() != before:
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 

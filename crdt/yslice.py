@@ -128,11 +128,12 @@ def plan_slices(update: bytes, max_bytes: int, known: dict[int, int] | None = No
     return SlicePlan(update, tuple(parts), tuple(groups), update[pos:])
 
 
-def check_update(update: bytes) -> None:
+def check_update(update: bytes) -> bool:
     """Raise WireFormatError unless `update`'s structs parse, values nested at most 32 deep.
 
     Run on every remote update before yrs sees it: yrs decodes nested values recursively,
-    so a small hostile update could otherwise crash the process.
+    so a small hostile update could otherwise crash the process. Returns True if the
+    update's delete set names any client (it deletes something).
     """
     count, pos = read_var_uint(update, 0)
     size = len(update)
@@ -157,6 +158,12 @@ def check_update(update: bytes) -> None:
                             pos = _skip_string(update, at + 2)
                             continue
             _length, _deps, pos = _read_struct(update, pos, client)
+    # The delete set is left for yrs to judge: only whether it names a client matters here.
+    try:
+        clients, _pos = read_var_uint(update, pos)
+    except WireFormatError:
+        return pos < size
+    return clients > 0
 
 
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:

@@ -52,3 +52,24 @@ async def test_an_update_that_only_deletes_survives_a_reopen(tmp_path: Path) -> 
     async with Mesh.open(tmp_path) as reopened:  # too young to be collected here at open
         assert "x" not in reopened.memory.tier_doc("L1")
         assert reopened.memory.digest("L1").root() == writer.digest("L1").root()
+
+
+async def test_a_deletion_that_arrives_before_its_items_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    # yrs keeps a delete set for items it has not seen pending, and applies it when they
+    # arrive: the update carrying it changed nothing visible yet, but must be stored.
+    writer = TieredMemory(node_id="w", client_ids={"L1": 501, "L2": 502, "L3": 503})
+    now = wall_ms()
+    ((_t, put),) = writer.put(NewItem("L1", "soon gone", "x"), now).updates
+    ((_t, dead),) = writer.delete("x", now + 1).updates
+    retention = writer.config.policy("L1").tombstone_retention_ms
+    ((_t, collected),) = writer.collect_tombstones(now + retention + 10).updates
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.apply_update("L1", collected)  # the deletion first
+        await mesh.apply_update("L1", put)
+        await mesh.apply_update("L1", dead)
+        assert "x" not in mesh.memory.tier_doc("L1")
+    async with Mesh.open(tmp_path) as reopened:
+        assert "x" not in reopened.memory.tier_doc("L1")
+        assert reopened.memory.digest("L1").root() == writer.digest("L1").root()
