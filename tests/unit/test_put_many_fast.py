@@ -438,15 +438,16 @@ def test_live_record_text_is_to_record(batch: list[NewItem]) -> None:
 
 
 def _index_state(index: VectorIndex) -> tuple[object, ...]:
+    """Everything a search can see; capacity beyond the used rows is an allocation detail."""
     return (
         dict(index._rows),
         dict(index._tier_codes),
         {
             dim: (
-                b.vectors.tobytes(),
-                b.live.tobytes(),
-                b.tiers.tobytes(),
-                list(b.keys),
+                b.vectors[: b.used].tobytes(),
+                b.live[: b.used].tobytes(),
+                b.tiers[: b.used].tobytes(),
+                list(b.keys[: b.used]),
                 list(b.free),
                 b.used,
                 b.count,
