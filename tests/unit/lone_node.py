@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.api import Mesh
-from mesh.store import StoreFullError
+from mesh.store import SqliteStore, StoreFullError
 
 
 class NullTransport:
@@ -21,9 +21,9 @@ class NullTransport:
         return None
 
 
-def fail_next_commit(mesh: Mesh) -> None:
+def fail_next_commit(target: Mesh | SqliteStore) -> None:
     """Make the store's next commit fail as on a full disk; later ones succeed."""
-    store = mesh._running().store
+    store = target._running().store if isinstance(target, Mesh) else target
     original, failures = store.commit, [1]
 
     def full_once(**kwargs: Any) -> None:

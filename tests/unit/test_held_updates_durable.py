@@ -35,14 +35,20 @@ async def test_an_update_seen_before_is_not_stored_again(tmp_path: Path) -> None
         assert await mesh._running().run(lambda store: store.last_update_id("L1")) == rows
 
 
-async def test_an_update_that_only_deletes_survives_a_reopen(tmp_path: Path) -> None:
-    # A peer's tombstone collection deletes versions and adds none: the state vector stays.
+def put_delete_collect() -> tuple[TieredMemory, bytes, bytes, bytes]:
+    """Return a writer and its updates for item x: put, delete, tombstone collection."""
     writer = TieredMemory(node_id="w", client_ids={"L1": 501, "L2": 502, "L3": 503})
     now = wall_ms()
     ((_t, put),) = writer.put(NewItem("L1", "soon gone", "x"), now).updates
     ((_t, dead),) = writer.delete("x", now + 1).updates
     retention = writer.config.policy("L1").tombstone_retention_ms
     ((_t, collected),) = writer.collect_tombstones(now + retention + 10).updates
+    return writer, put, dead, collected
+
+
+async def test_an_update_that_only_deletes_survives_a_reopen(tmp_path: Path) -> None:
+    # A peer's tombstone collection deletes versions and adds none: the state vector stays.
+    writer, put, dead, collected = put_delete_collect()
     async with Mesh.open(tmp_path) as mesh:
         await mesh.apply_update("L1", put)
         await mesh.apply_update("L1", dead)
@@ -59,12 +65,7 @@ async def test_a_deletion_that_arrives_before_its_items_survives_a_reopen(
 ) -> None:
     # yrs keeps a delete set for items it has not seen pending, and applies it when they
     # arrive: the update carrying it changed nothing visible yet, but must be stored.
-    writer = TieredMemory(node_id="w", client_ids={"L1": 501, "L2": 502, "L3": 503})
-    now = wall_ms()
-    ((_t, put),) = writer.put(NewItem("L1", "soon gone", "x"), now).updates
-    ((_t, dead),) = writer.delete("x", now + 1).updates
-    retention = writer.config.policy("L1").tombstone_retention_ms
-    ((_t, collected),) = writer.collect_tombstones(now + retention + 10).updates
+    writer, put, dead, collected = put_delete_collect()
     async with Mesh.open(tmp_path) as mesh:
         await mesh.apply_update("L1", collected)  # the deletion first
         await mesh.apply_update("L1", put)

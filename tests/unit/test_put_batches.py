@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lone_node import fail_next_commit
 
 import mesh.committer as committer_module
 from crdt.errors import InvalidItemError
@@ -113,15 +114,7 @@ async def test_a_failed_commit_is_retried_on_its_own_when_nothing_else_comes(
     monkeypatch.setattr(committer_module, "RETRY_AFTER_S", 0.01)
     store = SqliteStore.open(tmp_path)
     committer = GroupCommitter(store)
-    original, failures = store.commit, [1]
-
-    def full_once(**kwargs: Any) -> None:
-        if failures:
-            failures.pop()
-            raise StoreFullError(f"{tmp_path}: database or disk is full")
-        original(**kwargs)
-
-    store.commit = full_once  # type: ignore[method-assign]
+    fail_next_commit(store)
     with pytest.raises(StoreFullError):
         await committer.commit(Change(updates=(("L1", b"update"),)))
     assert committer.backlog == 1
