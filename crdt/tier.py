@@ -69,7 +69,7 @@ class TierDoc:
         self._versions: dict[str, dict[str, str]] = {}
         self._changed_keys: dict[str, Any] = {}  # key -> its new value (None: deleted)
         self._captured: list[bytes] = []
-        self._held: list[tuple[int, int, bytes]] = []
+        self._held: list[tuple[int, int, bytes, bool]] = []  # client, start, update, deletes
         self.integrated: list[bytes] = []  # what the last apply_update added to the document
         self.gaps_dropped = 0
 
@@ -209,7 +209,7 @@ class TierDoc:
                 Doc().apply_update(update)
             except ValueError as exc:
                 raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-            self._hold(head[0], head[1], update)
+            self._hold(head[0], head[1], update, deletes)
             return set()
         changed = self._integrate(update, deletes=deletes)
         if self._held:
@@ -229,9 +229,9 @@ class TierDoc:
     def _clock_of(self, client: int) -> int:
         return decode_state_vector(self.state_vector()).get(client, 0)
 
-    def _hold(self, client: int, start: int, update: bytes) -> None:
+    def _hold(self, client: int, start: int, update: bytes, deletes: bool) -> None:
         """Keep an early update; past the bounds drop the oldest (a later sync refetches)."""
-        self._held.append((client, start, update))
+        self._held.append((client, start, update, deletes))
         while len(self._held) > MAX_HELD_UPDATES or (
             len(self._held) > 1 and sum(len(h[2]) for h in self._held) > MAX_HELD_BYTES
         ):
@@ -245,13 +245,13 @@ class TierDoc:
             progress = False
             vector = decode_state_vector(self.state_vector())
             still_held = []
-            for client, start, update in sorted(self._held, key=lambda h: (h[0], h[1])):
+            for client, start, update, deletes in sorted(self._held, key=lambda h: (h[0], h[1])):
                 if start <= vector.get(client, 0):
-                    changed |= self._integrate(update, deletes=check_update(update))
+                    changed |= self._integrate(update, deletes=deletes)
                     vector = decode_state_vector(self.state_vector())
                     progress = True
                 else:
-                    still_held.append((client, start, update))
+                    still_held.append((client, start, update, deletes))
             self._held = still_held
         return changed
 
