@@ -574,11 +574,12 @@ def live_record_text(
 
 # --------------------------------------------------------------------------- batch decode
 #
-# `decode_new_records` serves `TieredMemory.apply_remote` for a slice of new ids (most of an
-# initial sync). It accepts only the record shapes that `live_record_text` writes and gives
-# None for anything else, so the caller falls back to `from_record` (which then raises the
-# usual CorruptRecordError, or decodes the unusual shape). For what it accepts it returns
-# exactly what `from_record` returns; tests/unit/test_decode_new_records.py checks that.
+# `decode_new_records` decodes a slice of new ids' records in one pass. `apply_remote` now
+# takes new ids through `scan_live_records`; this decoder stays as the reference that
+# tests/unit/test_decode_new_records.py holds the scan to. It accepts only the record
+# shapes that `live_record_text` writes and gives None for anything else (`from_record`
+# then raises the usual CorruptRecordError, or decodes the unusual shape). For what it
+# accepts it returns exactly what `from_record` returns; the same test checks that.
 
 _LIVE_KEYS = frozenset(
     {"author", "citations", "confidence", "content", "content_hash", "created", "metadata"}
