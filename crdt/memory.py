@@ -521,7 +521,6 @@ class TieredMemory:
         self.stats.remote_updates_applied += 1
         events: list[MemoryEvent] = []
         to_index: list[tuple[str, str, FloatVector]] = []
-        index_at: list[int] = []  # the position in `ordered` of each entry of to_index
         hashes: list[tuple[str, bytes | None]] = []
         ordered = sorted(changed)
         fresh = self._take_new_live(tier, ordered, hashes)
@@ -544,8 +543,6 @@ class TieredMemory:
             if item_id not in self._where:
                 new = self._refresh_new(item_id, tier, hashes, to_index)
                 if new is not None:
-                    if len(to_index) > len(index_at):
-                        index_at.append(position)
                     stamp = new.updated
                     if newest is None or stamp > newest:
                         newest = stamp
@@ -560,8 +557,6 @@ class TieredMemory:
             resolution = self._refresh(
                 item_id, tier, origin="remote", events=events, to_index=to_index
             )
-            if len(to_index) > len(index_at):
-                index_at.append(position)
             for version in resolution.versions:
                 if newest is None or version.updated > newest:
                     newest = version.updated
@@ -576,7 +571,7 @@ class TieredMemory:
         if done < len(taken):
             events.extend(self._remote_puts(fresh.puts(tier, ordered, done, len(taken))))
         self._digests[tier].set_many(hashes)
-        self._index_remote(tier, ordered, fresh, to_index, index_at)
+        self._index_remote(tier, ordered, fresh, to_index)
         if newest is not None:
             try:
                 self.clock.observe(newest, now_ms)
@@ -856,7 +851,6 @@ class TieredMemory:
         ordered: Sequence[str],
         fresh: _NewLive,
         to_index: list[tuple[str, str, FloatVector]],
-        index_at: list[int],
     ) -> None:
         """Index the embeddings of an apply in the order of `ordered`, as one-by-one would."""
         if not fresh.vectors:
@@ -867,11 +861,12 @@ class TieredMemory:
             # Normalised at the next search: the sync's receiver is paced by its CPU.
             self._index.upsert_many(tier, [ordered[p] for p in rows], matrix, defer=True)
             return
-        merged = list(zip(index_at, to_index, strict=True))
+        # `ordered` is sorted and holds each id once, so id order is its order.
+        merged = list(to_index)
         for rows, matrix in fresh.vectors:
-            merged.extend((p, (tier, ordered[p], row)) for p, row in zip(rows, matrix, strict=True))
-        merged.sort(key=lambda entry: entry[0])
-        self._index_all([entry for _position, entry in merged])
+            merged.extend((tier, ordered[p], row) for p, row in zip(rows, matrix, strict=True))
+        merged.sort(key=lambda entry: entry[1])
+        self._index_all(merged)
 
     def _refresh_new(
         self,
