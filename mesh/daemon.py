@@ -23,6 +23,7 @@ from discovery.mdns import MdnsDiscovery
 from discovery.records import PeerRecord
 from discovery.static import StaticDiscovery, StaticPeer, parse_bootstrap
 from hub_role.signing import Ed25519Signer
+from mesh import control_ops
 from mesh.api import Mesh
 from mesh.cli_net import run_in_daemon
 from mesh.control import ControlServer
@@ -250,7 +251,7 @@ class Daemon:
     # ----------------------------------------------------------------- control
 
     async def handle(self, request: dict[str, Any]) -> Any:
-        """Serve one control request: a CLI data command, status, or peers."""
+        """Serve one control request: a CLI data command, a structured put, status, or peers."""
         mesh = self.mesh
         assert mesh is not None
         op = request.get("op")
@@ -261,6 +262,8 @@ class Daemon:
             # Status counts every tier's items: only the status command pays for it.
             status = self.status() if argv[:1] == ["status"] else None
             return await run_in_daemon(mesh, argv, {"status": status})
+        if op == "put":
+            return await control_ops.put(mesh, request)
         if op == "status":
             return self.status()
         if op == "peers":
