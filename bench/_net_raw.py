@@ -9,8 +9,9 @@ top of it: no Node, no store, no codec. On start it prints one JSON line
 answers each with one JSON line on stdout:
 
 - ``{"op": "connect", "peer", "address", "port"}`` -> ``{"seconds"}``
-- ``{"op": "echo", "peer", "count", "size", "urgent"}`` -> ``{"rtt_s": [...]}``: one frame
-  out, the peer echoes it back, the next frame leaves only when the echo is in.
+- ``{"op": "echo", "peer", "count", "size", "urgent", "gap_s"}`` -> ``{"rtt_s": [...]}``: one
+  frame out, the peer echoes it back, the next frame leaves only when the echo is in and
+  `gap_s` (default 0) has passed.
 - ``{"op": "stream", "peer", "bytes", "frame"}`` -> ``{"seconds", "bytes"}``: frames of
   `frame` bytes, back to back, until the peer confirms it received every byte.
 - ``{"op": "burst", "peer", "count", "size"}`` -> ``{"seconds"}``: `count` small frames,
@@ -98,8 +99,11 @@ class RawPeer:
             peer, urgent = request["peer"], bool(request.get("urgent"))
             pad = b"U" if urgent else b"N"
             size = max(10, int(request["size"]))
+            gap_s = float(request.get("gap_s", 0.0))  # quiet before each frame
             rtts = []
             for i in range(int(request["count"])):
+                if gap_s:
+                    await asyncio.sleep(gap_s)
                 tag = i.to_bytes(8, "big")
                 future = self._expect(tag)
                 began = time.perf_counter()

@@ -41,7 +41,7 @@ from crdt.yslice import plan_slices
 from mesh.api import Mesh
 from mesh.chunking import max_chunk_for, split_body
 from mesh.codec import encode_message
-from mesh.control import ControlError, call, daemon_running
+from mesh.control import ControlClient, ControlError, call, daemon_running
 from mesh.frames import DEFAULT_LIMITS, Flags, Priority
 from mesh.joining import init_node, token_for
 from mesh.messages import MemorySync, SyncKind
@@ -74,6 +74,10 @@ STARTUP_S = 300.0
 SYNC_TIMEOUT_S = 900.0
 STALL_S = 30.0
 ARRIVAL_POLL_DELAY_S = 0.01  # between asking B whether a latency probe has arrived
+# Quiet before each latency probe: B's loop has served nothing of the benchmark's for at
+# least this long when the write is made (A's for at least twice as long). The spaced echo
+# baseline leaves the same quiet before each of its frames.
+PROBE_QUIET_S = 0.01
 BATCHED = int(Flags.BATCHED)
 
 
@@ -498,6 +502,17 @@ def measure_raw(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str) -> di
                 op="echo", peer=listener.node_id, count=sizes.echo, size=64, urgent=urgent
             )["rtt_s"]
             out["echo_urgent" if urgent else "echo_sync"] = latency_summary_ms(rtts)
+            # The same echo with the quiet a latency probe has before it: on this machine an
+            # idle process takes longer to wake than a busy one (PERFORMANCE.md, section 10).
+            rtts = dialer.cmd(
+                op="echo",
+                peer=listener.node_id,
+                count=max(20, sizes.echo // 4),
+                size=64,
+                urgent=urgent,
+                gap_s=PROBE_QUIET_S,
+            )["rtt_s"]
+            out["echo_urgent_spaced" if urgent else "echo_sync_spaced"] = latency_summary_ms(rtts)
         stream = dialer.cmd(
             op="stream", peer=listener.node_id, bytes=sizes.stream_bytes, frame=sizes.stream_frame
         )
@@ -508,7 +523,9 @@ def measure_raw(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str) -> di
         out["burst_512B"] = burst
         run.progress(
             f"raw {label}: rtt p50 {out['echo_sync']['median_ms']:.2f} ms "
-            f"(urgent {out['echo_urgent']['median_ms']:.2f}), stream "
+            f"(urgent {out['echo_urgent']['median_ms']:.2f}; spaced as the probes: "
+            f"{out['echo_sync_spaced']['median_ms']:.2f}, urgent "
+            f"{out['echo_urgent_spaced']['median_ms']:.2f}), stream "
             f"{stream['bytes_per_s'] / 1e6:.2f} MB/s, 512 B frames {burst['frames_per_s']:,.0f}/s, "
             f"spawn->link {spawn_to_link:.2f} s"
         )
@@ -590,37 +607,44 @@ def _put_cli(a: DaemonChild, item: str, priority: str) -> None:
         raise RuntimeError(f"put {item}: {reply['error']}")
 
 
+def _wait_for_arrival(b: DaemonChild, item: str, b_records: list[list[Any]]) -> None:
+    """Collect B's trace until `item`'s event is in it (10 s at most)."""
+    deadline = time.monotonic() + 10.0
+    # B stamps the arrival itself, so asking it later changes no figure; asking while the
+    # write is under way would make B's loop serve the trace instead of the frame.
+    time.sleep(ARRIVAL_POLL_DELAY_S)
+    while True:
+        reply = b.trace()
+        b_records.extend(reply["records"])
+        if any(r[1] == "emit" and r[3] == item for r in reply["records"]):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{item} did not arrive on B within 10 s")
+        time.sleep(ARRIVAL_POLL_DELAY_S)
+
+
 def measure_latency(
     run: Run, a: DaemonChild, b: DaemonChild, sizes: Sizes, priority: str
 ) -> dict[str, Any]:
-    """Sequential single writes on A (control socket); arrival taken inside B's process."""
+    """Sequential single writes on A (a kept-open control client); arrival taken inside B."""
     run.progress(f"fig 1: {sizes.latency_samples} {priority} writes on A, arrival traced in B")
     a.trace()
     b.trace()
     samples: list[tuple[str, int, int]] = []
     b_records: list[list[Any]] = []
     total = sizes.latency_warmup + sizes.latency_samples
-    for i in range(total):
-        item = f"lat-{priority}-{i:05d}"
-        t0 = time.time_ns()
-        _put_cli(a, item, priority)
-        returned = time.time_ns()
-        deadline = time.monotonic() + 10.0
-        # B stamps the arrival itself, so asking it later changes no figure; asking while
-        # the write is under way would make B's loop serve the trace instead of the frame.
-        time.sleep(ARRIVAL_POLL_DELAY_S)
-        while True:
-            reply = b.trace()
-            b_records.extend(reply["records"])
-            if any(r[1] == "emit" and r[3] == item for r in reply["records"]):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{item} did not arrive on B within 10 s")
-            time.sleep(ARRIVAL_POLL_DELAY_S)
-        if i >= sizes.latency_warmup:
-            samples.append((item, t0, returned))
-        time.sleep(0.01)
+    with ControlClient(a.data_dir, timeout=30.0) as client:
+        for i in range(total):
+            item = f"lat-{priority}-{i:05d}"
+            t0 = time.time_ns()
+            client.put("L1", f"latency probe {item}", id=item, priority=priority)
+            returned = time.time_ns()
+            _wait_for_arrival(b, item, b_records)
+            if i >= sizes.latency_warmup:
+                samples.append((item, t0, returned))
+            time.sleep(PROBE_QUIET_S)
     a_records = a.trace()["records"]
+
     urgent = priority == "critical"
     rows = []
     unmatched: list[str] = []
@@ -1183,25 +1207,25 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         if "raw_end" in results
         else [results["raw_start"]]
     )
-    rtt_urgent = _mean_raw(raws, "echo_urgent", "median_ms")
-    rtt_sync = _mean_raw(raws, "echo_sync", "median_ms")
     stream_bps = _mean_raw(raws, "stream", "bytes_per_s")
     raw_note = {"measured": "mean of the start and end runs", "runs": raws}
     figures: dict[str, Any] = {}
 
-    for prio, rtt, channel in (
-        ("critical", rtt_urgent, "urgent"),
-        ("normal", rtt_sync, "sync"),
-    ):
+    for prio, channel in (("critical", "urgent"), ("normal", "sync")):
         if f"latency_{prio}" not in results:  # --sync-only
             continue
         lat = results[f"latency_{prio}"]
+        # Like for like: each probe write follows PROBE_QUIET_S of quiet, and so does each
+        # frame of the spaced echo. The back-to-back echo (busy loops) is reported beside it.
+        rtt = _mean_raw(raws, f"echo_{channel}_spaced", "median_ms")
+        rtt_busy = _mean_raw(raws, f"echo_{channel}", "median_ms")
         for key, what in (("visible_s", "visible"), ("event_s", "event")):
             value = lat[key]["median_ms"]
             figures[f"latency_{prio}_{what}"] = figure(
                 value=value,
                 unit="ms (median)",
-                baseline_name=f"echo RTT of a 64 B frame on the bare '{channel}' channel (median)",
+                baseline_name=f"echo RTT of a 64 B frame on the bare '{channel}' channel, each "
+                f"after {PROBE_QUIET_S * 1e3:g} ms of quiet as every probe write (median)",
                 baseline_value=rtt,
                 ratio_meaning="write-to-visible median / channel RTT median (lower is better)",
                 target=TARGET_CRITICAL_RTT_RATIO * rtt if prio == "critical" else None,
@@ -1209,6 +1233,8 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 raw={
                     "p99_ms": lat[key]["p99_ms"],
                     "p99_ratio": lat[key]["p99_ms"] / rtt,
+                    "back_to_back_rtt_ms": rtt_busy,
+                    "ratio_to_back_to_back_rtt": value / rtt_busy,
                     "latency": lat[key],
                     "breakdown": {
                         k: v
@@ -1216,6 +1242,8 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                         if k not in ("visible_s", "event_s", "link_ups_on_b_during")
                     },
                     "link_ups_on_b_during": lat["link_ups_on_b_during"],
+                    "write_means": "a structured `put` on a kept-open control connection to A "
+                    "(mesh.control.ControlClient); the clock starts before the request",
                     "visible_means": "applied to B's memory (a `get` on B returns it), "
                     "before B's commit"
                     if what == "visible"
@@ -1224,15 +1252,19 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                     if prio == "critical"
                     else None,
                 },
-                baseline_raw={"p99_ms": _mean_raw(raws, f"echo_{channel}", "p99_ms")},
+                baseline_raw={
+                    "p99_ms": _mean_raw(raws, f"echo_{channel}_spaced", "p99_ms"),
+                    "quiet_before_each_s": PROBE_QUIET_S,
+                },
             )
     if "latency_poll" in results:  # not with --sync-only
         poll = results["latency_poll"]
         figures["latency_critical_polled"] = figure(
             value=poll["latency"]["median_ms"],
             unit="ms (median)",
-            baseline_name="echo RTT of a 64 B frame on the bare 'urgent' channel (median)",
-            baseline_value=rtt_urgent,
+            baseline_name="echo RTT of a 64 B frame on the bare 'urgent' channel, each after "
+            f"{PROBE_QUIET_S * 1e3:g} ms of quiet (median)",
+            baseline_value=_mean_raw(raws, "echo_urgent_spaced", "median_ms"),
             ratio_meaning="put on A + polling `get` on B's control socket / channel RTT",
             raw=poll,
         )
