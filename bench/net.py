@@ -426,6 +426,14 @@ def _node_dirs(work: Path, names: list[str]) -> dict[str, Path]:
     return dirs
 
 
+def _cpu_seconds(child: DaemonChild) -> float:
+    """Return the user + system CPU seconds of the child's process so far (all threads)."""
+    assert child.proc is not None
+    with open(f"/proc/{child.proc.pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load_store(data_dir: Path, *, tier: str, start: int, count: int, dim: int) -> float:
     """Put items `start..start+count-1` (with embeddings) straight into a store; return s."""
     config = node_config(Profile(PROFILE)).memory
@@ -790,6 +798,7 @@ def measure_initial_sync(
     """Spawn B (empty) while A holds `items`; time until B applied every one of them."""
     run.progress(f"sync: B starts empty; A holds {items:,} items in {tier}")
     eth_before = _eth0(b.host)
+    a_cpu_before = _cpu_seconds(a)
     b.start()
     up_s = b.wait_up()
     last_progress, last_value = time.monotonic(), (-1, -1, -1)
@@ -825,6 +834,7 @@ def measure_initial_sync(
             reason = f"not done after {SYNC_TIMEOUT_S:g} s"
             break
         time.sleep(0.05)
+    cpu_at_end = (_cpu_seconds(a), _cpu_seconds(b))
     eth = _delta(_eth0(b.host), eth_before)
     counters = b.bench("counters")
     status = b.call("status")
@@ -867,6 +877,10 @@ def measure_initial_sync(
         "bad_frames": status.get("bad_frames"),
         "bad_frame_log": b.log_lines("bad frame")[:5],
         "dropped_frames_on_a": None,
+        # CPU of each whole process (every thread) from B's spawn until the end (B's start
+        # up included): steadier than the time when other work shares the cores.
+        "cpu_s_a": cpu_at_end[0] - a_cpu_before,
+        "cpu_s_b_from_spawn": cpu_at_end[1],
     }
     with contextlib.suppress(Exception):
         a_links = a.bench("counters")["links"]
@@ -893,7 +907,8 @@ def measure_initial_sync(
     run.progress(
         f"sync: completed={completed} {out['applied']:,}/{items:,} items; spawn->synced "
         f"{out['spawn_to_synced_s']} s; link up at {out['spawn_to_link_up_s']} s; "
-        f"{link_bytes_in / 1e6:.1f} MB in" + (f"; {reason}" if reason else "")
+        f"{link_bytes_in / 1e6:.1f} MB in; CPU from B's spawn: A {out['cpu_s_a']:.2f} s, "
+        f"B {out['cpu_s_b_from_spawn']:.2f} s" + (f"; {reason}" if reason else "")
     )
     return out
 
