@@ -1166,8 +1166,12 @@ def _sync_figures(
                 "items": items,
                 "items_per_s": sync["items_per_s"],
                 "all_bytes_received_per_s": sync["node_bytes_in"] / seconds,
+                "float32_equivalent_bytes_per_s": raw_f32 / seconds,
+                "float32_equivalent_ratio_to_bare_stream": raw_f32 / seconds / stream_bps,
                 "note": "all_bytes_received_per_s counts every byte B's node received, "
-                "including transfers repeated after link flaps",
+                "including transfers repeated after link flaps; float32_equivalent_* is "
+                "the embeddings delivered per second counted as raw float32 (no target: the "
+                "target compares the frame bytes, as the figure's value does)",
             },
         )
     else:
