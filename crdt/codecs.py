@@ -39,7 +39,8 @@ class EmbeddingCodec(StrEnum):
 def as_vector(values: object, *, max_dim: int = MAX_DIM) -> FloatVector:
     """Return `values` as a finite 1-D float32 vector, or raise InvalidItemError."""
     try:
-        vec = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value past float32's range is refused below
+            vec = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidItemError(f"embedding is not numeric: {exc}") from None
     if vec.ndim != 1:
@@ -47,7 +48,7 @@ def as_vector(values: object, *, max_dim: int = MAX_DIM) -> FloatVector:
     if not 1 <= vec.shape[0] <= max_dim:
         raise InvalidItemError(f"embedding dimension {vec.shape[0]} outside 1..{max_dim}")
     if not np.isfinite(vec).all():
-        raise InvalidItemError("embedding contains NaN or infinity")
+        raise InvalidItemError("embedding contains NaN, infinity or a value past float32's range")
     return vec
 
 

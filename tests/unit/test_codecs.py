@@ -40,7 +40,7 @@ def test_as_vector_accepts_dimension_limits(dim: int) -> None:
     assert as_vector([0.5] * dim).shape == (dim,)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.filterwarnings("error")  # refused with a clear error, not a numpy warning
 @pytest.mark.parametrize(
     "values",
     [
@@ -67,6 +67,11 @@ def test_as_vector_accepts_dimension_limits(dim: int) -> None:
 def test_as_vector_rejects_bad_embeddings(values: object) -> None:
     with pytest.raises(InvalidItemError):
         as_vector(values)
+
+
+def test_a_value_past_float32_range_is_named_in_the_error() -> None:
+    with pytest.raises(InvalidItemError, match="past float32's range"):
+        as_vector([1.0, 1e40])
 
 
 def test_as_vector_respects_custom_max_dim() -> None:
