@@ -23,7 +23,18 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class ControlError(Exception):
-    """The daemon refused or failed a request; the message says why."""
+    """The daemon refused or failed a request; the message says why.
+
+    `type` names the daemon's exception (empty when the failure is the connection's), and
+    `applied` is True when a failed write took effect anyway (`WriteError.applied`): it is
+    stored and replicates, so it must not be written again.
+    """
+
+    def __init__(self, message: str, *, type: str = "", applied: bool = False) -> None:
+        """Carry the daemon's message, its exception type and whether a write took effect."""
+        super().__init__(message)
+        self.type = type
+        self.applied = applied
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -51,6 +62,7 @@ class ControlServer:
         self._path = check_socket_path(data_dir)
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> ControlServer:
         """Start listening (a stale socket file from a crashed daemon is replaced)."""
@@ -67,34 +79,56 @@ class ControlServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Stop listening and remove the socket file."""
+        """Stop listening, close every client's connection and remove the socket file."""
         if self._server is not None:
             self._server.close()
+            # A kept-open client idles in our readline: close it, or wait_closed (which
+            # waits for every connection from Python 3.12 on) would never return.
+            for writer in list(self._clients):
+                writer.close()
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
-            while line := await reader.readline():
+            while True:
                 try:
-                    request = json.loads(line)
-                    if not isinstance(request, dict):
-                        raise ValueError("a request is a JSON object")
-                    result = await self._handler(request)
-                    reply: dict[str, Any] = {"ok": True, "result": result}
-                except (Exception, SystemExit) as exc:  # reported; never stops the daemon
-                    reply = {
-                        "ok": False,
-                        "error": str(exc) or type(exc).__name__,
-                        "type": type(exc).__name__,
-                    }
-                writer.write(json.dumps(reply).encode() + b"\n")
+                    line = await reader.readline()
+                except ValueError:  # over MAX_REQUEST_BYTES: say so, then drop the connection
+                    error = f"request over {MAX_REQUEST_BYTES} bytes"
+                    writer.write(_reply_line({"ok": False, "error": error, "type": "ValueError"}))
+                    await writer.drain()
+                    return
+                if not line:
+                    return
+                writer.write(_reply_line(await self._answer(line)))
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except ConnectionError:
             pass
         finally:
+            self._clients.discard(writer)
             writer.close()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        """Return the reply to one request line; an error is a reply, never a raise."""
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            return {"ok": True, "result": await self._handler(request)}
+        except (Exception, SystemExit) as exc:  # reported; never stops the daemon
+            return {
+                "ok": False,
+                "error": str(exc) or type(exc).__name__,
+                "type": type(exc).__name__,
+                "applied": bool(getattr(exc, "applied", False)),
+            }
+
+
+def _reply_line(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode() + b"\n"
 
 
 def daemon_running(data_dir: Path) -> bool:
@@ -112,20 +146,22 @@ def daemon_running(data_dir: Path) -> bool:
 class ControlClient:
     """One kept-open connection to a daemon: many requests without a connect each.
 
-    `call` opens a connection per request, as the CLI (one process per command) needs. A
-    program that talks to the daemon often keeps a client instead: on this machine the
-    connect alone makes a request about 0.6 ms slower (the daemon's loop wakes to accept,
-    then again to read).
+    The module's `call()` opens a connection per request, as the CLI (one process per
+    command) needs. A program that talks to the daemon often keeps a client instead: on
+    this machine the connect alone makes a request about 0.6 ms slower (the daemon's loop
+    wakes to accept, then again to read). After a timeout or a broken connection the
+    client is closed (a late reply would answer the wrong request): open a new one.
     """
 
-    def __init__(self, data_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(self, data_dir: Path | str, timeout: float = 60.0) -> None:
         """Connect to the daemon of `data_dir`; raise OSError if none listens."""
-        self._sock = socket.socket(socket.AF_UNIX)
+        self.timeout = timeout
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX)
         try:
             self._sock.settimeout(timeout)
-            self._sock.connect(str(socket_path(data_dir)))
+            self._sock.connect(str(socket_path(Path(data_dir))))
         except BaseException:
-            self._sock.close()
+            self.close()
             raise
         self._buffer = b""
 
@@ -139,25 +175,55 @@ class ControlClient:
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
-    def call(self, op: str, **fields: Any) -> Any:
-        """Send one request and return its result; raise ControlError if refused."""
-        self._sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-        while b"\n" not in self._buffer:
-            chunk = self._sock.recv(1 << 20)
-            if not chunk:
-                raise ControlError("the daemon closed the connection")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        reply = json.loads(line)
+    def call(self, op: str, *, reply_timeout_s: float | None = None, **fields: Any) -> Any:
+        """Send one request and return its result; raise ControlError if refused.
+
+        `reply_timeout_s` (default: the client's `timeout`) bounds the wait for the reply.
+        """
+        sock = self._sock
+        if sock is None:
+            raise ControlError("this control connection is closed: open a new ControlClient")
+        try:
+            sock.settimeout(self.timeout if reply_timeout_s is None else reply_timeout_s)
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            while b"\n" not in self._buffer:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ControlError("the daemon closed the connection")
+                self._buffer += chunk
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            reply = json.loads(line)
+        except ConnectionError as exc:  # reset or broken pipe: the daemon went away
+            self.close()
+            raise ControlError(f"the daemon closed the connection ({exc})") from None
+        except BaseException:
+            self.close()  # the reply to this request may still come: never read it as another's
+            raise
         if not reply.get("ok"):
-            raise ControlError(reply.get("error", "request failed"))
+            raise ControlError(
+                reply.get("error", "request failed"),
+                type=str(reply.get("type", "")),
+                applied=bool(reply.get("applied", False)),
+            )
         return reply.get("result")
 
     def put(self, tier: str, content: str, **fields: Any) -> dict[str, Any]:
-        """Store one item through the daemon (`mesh.control_ops.put`'s fields); return it."""
-        result: dict[str, Any] = self.call("put", tier=tier, content=content, **fields)
+        """Store one item through the daemon (`mesh.control_ops.put`'s fields); return it.
+
+        A failed write raises ControlError; if its `applied` is True the item is stored and
+        replicates anyway (an `ack` beyond `local` that timed out): do not write it again.
+        """
+        timeout_s = fields.get("timeout_s")
+        wait = self.timeout
+        if isinstance(timeout_s, int | float) and timeout_s > 0:
+            wait = max(wait, float(timeout_s) + 5.0)  # the daemon answers once its wait ends
+        result: dict[str, Any] = self.call(
+            "put", reply_timeout_s=wait, tier=tier, content=content, **fields
+        )
         return result
 
 

@@ -17,9 +17,10 @@ from mesh.frames import Priority
 from mesh.inputs import AckLevel
 
 PUT_FIELDS = frozenset(
-    {"op", "tier", "content", "id", "embedding", "metadata", "tags", "confidence"}
-    | {"priority", "ack", "timeout_s"}
+    {"op", "tier", "content", "id", "embedding", "metadata", "tags", "citations"}
+    | {"confidence", "priority", "ack", "timeout_s"}
 )
+MAX_TIMEOUT_S = 300.0  # an ack wait longer than this is a mistake, not a wish
 
 
 NUMBER = (int, float)
@@ -36,8 +37,18 @@ def _field(request: Mapping[str, Any], name: str, kinds: type | tuple[type, ...]
     return value
 
 
+def _strings(request: Mapping[str, Any], name: str) -> list[str]:
+    """Return the field `name` as a list of strings (empty when absent)."""
+    values = _field(request, name, list) or []
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError(f"put: {name} must be a list of strings")
+    return values
+
+
 def _enum_field(request: Mapping[str, Any], name: str, default: str, choices: list[str]) -> str:
-    value = _field(request, name, str) or default
+    value = _field(request, name, str)
+    if value is None:
+        return default
     if value.lower() not in choices:
         raise ValueError(f"put: {name} must be one of {', '.join(choices)}, not {value!r:.40}")
     return str(value.lower())
@@ -47,9 +58,10 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
     """Store one item from a `put` request; return it as JSON (`embedding_dim`, no vector).
 
     Fields: `tier` and `content` (required), `id`, `embedding` (a list of numbers),
-    `metadata` (an object), `tags` (strings), `confidence`, `priority` (low … emergency),
-    `ack` (local, peer, hub, all) and `timeout_s`. An unknown field or a wrong type raises
-    ValueError and stores nothing; `Mesh.put` decides everything else.
+    `metadata` (an object), `tags` and `citations` (strings), `confidence`, `priority`
+    (low … emergency), `ack` (local, peer, hub, all) and `timeout_s` (how long a wider ack
+    may take, at most MAX_TIMEOUT_S). An unknown field or a wrong type raises ValueError
+    and stores nothing; `Mesh.put` decides everything else.
     """
     unknown = set(request) - PUT_FIELDS
     if unknown:
@@ -57,22 +69,26 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
     tier, content = _field(request, "tier", str), _field(request, "content", str)
     if tier is None or content is None:
         raise ValueError("put needs tier and content (strings)")
-    tags = _field(request, "tags", list) or []
-    if not all(isinstance(t, str) for t in tags):
-        raise ValueError("put: tags must be a list of strings")
     embedding = _field(request, "embedding", list)
+    if embedding is not None and not all(
+        isinstance(v, NUMBER) and not isinstance(v, bool) for v in embedding
+    ):
+        raise ValueError("put: embedding must be a list of numbers")
     priority = _enum_field(request, "priority", "normal", [p.name.lower() for p in Priority])
     ack = _enum_field(request, "ack", "local", [a.value for a in AckLevel])
     confidence = _field(request, "confidence", NUMBER)
     timeout_s = _field(request, "timeout_s", NUMBER)
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN fails too
+        raise ValueError(f"put: timeout_s must be in (0, {MAX_TIMEOUT_S:g}], not {timeout_s!r}")
     item = await mesh.put(
         tier,
         content,
         id=_field(request, "id", str),
         embedding=embedding,
         metadata=_field(request, "metadata", dict),
-        tags=tags,
-        confidence=1.0 if confidence is None else float(confidence),
+        tags=_strings(request, "tags"),
+        citations=_strings(request, "citations"),
+        confidence=1.0 if confidence is None else confidence,  # Mesh.put checks its range
         priority=Priority[priority.upper()],
         ack=AckLevel(ack),
         timeout_s=10.0 if timeout_s is None else float(timeout_s),

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from crdt.item import InvalidItemError
 from mesh import control_ops
 from mesh.api import Mesh
 from mesh.control import ControlClient, ControlError
@@ -33,6 +41,12 @@ async def test_put_stores_the_item_and_returns_it_without_the_vector(tmp_path: P
     np.testing.assert_allclose(stored.embedding, [0.5, -0.25, 1.0], atol=0.02)
 
 
+async def test_citations_are_stored(tmp_path: Path) -> None:
+    async with Mesh.open(tmp_path) as mesh:
+        await control_ops.put(mesh, {"tier": "L2", "content": "x", "id": "c", "citations": ["a"]})
+        assert (await mesh.get("c")).citations == ("a",)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -45,13 +59,22 @@ async def test_put_stores_the_item_and_returns_it_without_the_vector(tmp_path: P
         ({"tier": "L1", "content": "x", "priority": "urgent"}, "priority must be one of"),
         ({"tier": "L1", "content": "x", "ack": "never"}, "ack must be one of"),
         ({"tier": "L1", "content": "x", "colour": "red"}, "unknown field(s) colour"),
+        ({"tier": "L1", "content": "x", "embedding": ["1", "2"]}, "list of numbers"),
+        ({"tier": "L1", "content": "x", "embedding": [True, False]}, "list of numbers"),
+        ({"tier": "L1", "content": "x", "priority": ""}, "priority must be one of"),
+        ({"tier": "L1", "content": "x", "ack": ""}, "ack must be one of"),
+        ({"tier": "L1", "content": "x", "citations": ["a", 1]}, "citations must be a list"),
+        ({"tier": "L1", "content": "x", "timeout_s": float("nan")}, "timeout_s must be in"),
+        ({"tier": "L1", "content": "x", "timeout_s": 0}, "timeout_s must be in"),
+        ({"tier": "L1", "content": "x", "timeout_s": 1e9}, "timeout_s must be in"),
+        ({"tier": "L1", "content": "x", "confidence": 10**400}, "confidence"),
     ],
 )
 async def test_a_bad_field_is_refused_and_nothing_is_stored(
     tmp_path: Path, fields: dict[str, Any], message: str
 ) -> None:
     async with Mesh.open(tmp_path) as mesh:
-        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises((ValueError, InvalidItemError), match=re.escape(message)):
             await control_ops.put(mesh, {"op": "put", "id": "refused", **fields})
         assert mesh.memory.count("L1") == 0
 
@@ -71,3 +94,97 @@ async def test_a_kept_open_client_sends_many_requests_and_sees_refusals(tmp_path
         ids = await asyncio.to_thread(session)
         assert daemon.mesh is not None
         assert [(await daemon.mesh.get(i)).content for i in ids] == [f"note {i}" for i in range(5)]
+
+
+async def test_a_write_that_missed_its_ack_says_it_was_applied(tmp_path: Path) -> None:
+    init_node(tmp_path)  # alone: no peer can ack
+
+    def write() -> ControlError:
+        with ControlClient(tmp_path, timeout=10.0) as client:
+            with pytest.raises(ControlError) as refused:
+                client.put("L1", "stored anyway", id="lonely", ack="peer", timeout_s=0.3)
+            assert client.call("status")["tiers"]["L1"]["items"] == 1  # connection still fine
+            return refused.value
+
+    async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))) as daemon:
+        error = await asyncio.to_thread(write)
+        assert daemon.mesh is not None and (await daemon.mesh.get("lonely")).content
+    assert error.type == "WriteError" and error.applied is True
+
+
+async def test_a_daemon_stops_while_a_kept_open_client_idles(tmp_path: Path) -> None:
+    init_node(tmp_path)
+    client = None
+    async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))):
+        client = await asyncio.to_thread(ControlClient, tmp_path, 5.0)
+        await asyncio.to_thread(client.call, "status")
+        began = time.monotonic()
+    assert time.monotonic() - began < 5.0
+    with pytest.raises(ControlError, match="closed the connection"):
+        client.call("status")  # the daemon closed it; nothing answers any more
+    with pytest.raises(ControlError, match="open a new ControlClient"):
+        client.call("status")
+
+
+# --- the client's reading of replies, against a scripted server --------------------------
+
+
+@contextmanager
+def scripted_server(tmp_path: Path, script: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Serve one connection on tmp_path/control.sock with `script(connection)`."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "control.sock"))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            script(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
+def read_lines(connection: socket.socket, count: int) -> None:
+    data = b""
+    while data.count(b"\n") < count:
+        data += connection.recv(4096)
+
+
+def test_replies_arriving_together_or_in_pieces_answer_their_own_requests(
+    tmp_path: Path,
+) -> None:
+    def script(connection: socket.socket) -> None:
+        read_lines(connection, 1)
+        connection.sendall(b'{"ok": true, "result": 1}\n{"ok": true, "res')  # one and a half
+        read_lines(connection, 1)
+        time.sleep(0.05)
+        connection.sendall(b'ult": 2}\n')
+        read_lines(connection, 1)
+        connection.sendall(b'{"ok": false, "error": "no", "type": "ValueError"}\n')
+
+    with scripted_server(tmp_path, script), ControlClient(tmp_path, timeout=5.0) as client:
+        assert client.call("first") == 1
+        assert client.call("second") == 2
+        with pytest.raises(ControlError, match="no") as refused:
+            client.call("third")
+        assert refused.value.type == "ValueError" and refused.value.applied is False
+
+
+def test_after_a_timeout_a_late_reply_is_never_taken_for_the_next_one(tmp_path: Path) -> None:
+    def script(connection: socket.socket) -> None:
+        read_lines(connection, 1)
+        time.sleep(0.5)
+        with contextlib.suppress(BrokenPipeError):  # the client gave up and closed
+            connection.sendall(b'{"ok": true, "result": "slow"}\n')
+
+    with scripted_server(tmp_path, script), ControlClient(tmp_path, timeout=5.0) as client:
+        with pytest.raises(TimeoutError):
+            client.call("slow", reply_timeout_s=0.1)
+        with pytest.raises(ControlError, match="open a new ControlClient"):
+            client.call("fast")
