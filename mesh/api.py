@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -32,12 +34,19 @@ from mesh.identity import NodeIdentity
 from mesh.inputs import AckLevel, ImportRequested, WriteRequested
 from mesh.leases import LeaseRequest
 from mesh.leases import release as release_lease
-from mesh.store import SqliteStore, StoreCorruptError, StoreError, TierStoreStats
+from mesh.store import (
+    SqliteStore,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    TierStoreStats,
+)
 
 if TYPE_CHECKING:
     from mesh.runtime import NodeRuntime
 
 COMPACT_AFTER_ROWS = 2_000
+log = logging.getLogger("memmesh.mesh")
 _USED_CLIENT_IDS = "yjs_client_ids_used"
 # Yjs client ids of the latest opens, oldest first. An id whose updates were committed
 # needs no entry: it is in the tier's state vector, and yrs continues its clock. The list
@@ -116,20 +125,31 @@ class Mesh:
                 None, NodeIdentity.load_or_create, self.data_dir
             )
             self._committer = GroupCommitter(store, on_events=self._changed.set)
-            self._memory = await self._committer.run(self._load)
+            memory, open_meta = await self._committer.run(self._load)
+            self._memory = memory
+            try:
+                await self._committer.run(lambda s: s.commit(meta=open_meta))
+            except StoreFullError as exc:
+                # Reads need nothing written: open anyway. The new client ids and clock
+                # ceiling go first into the next commit, and nothing that depends on them
+                # (a write, an urgent send, replica data) leaves before it succeeds.
+                log.warning("%s; opened with writes waiting for space", exc)
+                self._committer.carry_meta(open_meta)
         except BaseException:
             if self._committer is not None:
                 await self._committer.close()
             store.close()
             raise
-        collected = self._memory.collect_tombstones(wall_ms())
-        await self._commit(collected)
+        collected = memory.collect_tombstones(wall_ms())
+        with contextlib.suppress(StoreFullError):  # kept in the backlog, retried
+            await self._commit(collected)
 
-    def _load(self, store: SqliteStore) -> TieredMemory:
-        """Build the memory core from the store (runs on the store thread).
+    def _load(self, store: SqliteStore) -> tuple[TieredMemory, dict[str, str]]:
+        """Build the memory core from the store (runs on the store thread); write nothing.
 
-        Raises StoreCorruptError naming the file if what the database holds cannot be read
-        (metadata, events, update rows); nothing is written then.
+        Returns it with the meta rows to persist before any write: the new Yjs client ids,
+        the clock ceiling and the node id. Raises StoreCorruptError naming the file if what
+        the database holds cannot be read (metadata, events, update rows).
         """
         try:
             return self._load_from(store)
@@ -140,7 +160,7 @@ class Mesh:
                 f"{store.path}: cannot load the node's state, left as is: {exc}"
             ) from exc
 
-    def _load_from(self, store: SqliteStore) -> TieredMemory:
+    def _load_from(self, store: SqliteStore) -> tuple[TieredMemory, dict[str, str]]:
         assert self._identity is not None
         recent: list[int] = json.loads(store.get_meta(_USED_CLIENT_IDS) or "[]")
         if type(recent) is not list or not all(type(c) is int for c in recent):
@@ -179,15 +199,12 @@ class Mesh:
             state = store.load_tier(tier)
             blobs = [state.snapshot] if state.snapshot is not None else []
             memory.load(tier, [*blobs, *state.updates])
-        # Persist the new client ids and the clock ceiling before any write can use them.
-        store.commit(
-            meta={
-                _USED_CLIENT_IDS: json.dumps(recent),
-                "hlc_ceiling_ms": str(max(ceiling, clock.ceiling)),
-                "node_id": self._identity.node_id,
-            }
-        )
-        return memory
+        # To persist before any write can use the new client ids or the clock ceiling.
+        return memory, {
+            _USED_CLIENT_IDS: json.dumps(recent),
+            "hlc_ceiling_ms": str(max(ceiling, clock.ceiling)),
+            "node_id": self._identity.node_id,
+        }
 
     async def close(self) -> None:
         """Flush, compact tiers with many update rows, and close the store."""
@@ -196,7 +213,8 @@ class Mesh:
             return
         self._committer = None
         try:
-            await self._compact_if_needed(committer, _has_many_rows)
+            if not committer.failing:  # on a full disk a compaction cannot be written either
+                await self._compact_if_needed(committer, _has_many_rows)
         finally:
             try:
                 await committer.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -48,6 +49,7 @@ class GroupCommitter:
         )
         self._queue: list[_Pending] = []
         self._backlog: list[_Pending] = []
+        self._carried_meta: dict[str, str] = {}  # written with the next commit that succeeds
         self._flushing: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._durable = asyncio.Event()  # clear from a failed commit until one succeeds
@@ -62,10 +64,21 @@ class GroupCommitter:
         """Return the wrapped store (call it only through `run`)."""
         return self._store
 
+    def carry_meta(self, meta: dict[str, str]) -> None:
+        """Take meta rows that failed to commit (a full disk at open); write them first.
+
+        They go into every later commit's transaction until one succeeds, and `failing` is
+        True meanwhile, so nothing that depends on them leaves before they are on disk.
+        With no change to write they are only retried, and dropped at close.
+        """
+        self._carried_meta.update(meta)
+        self._durable.clear()
+        self._schedule_retry()
+
     @property
     def backlog(self) -> int:
         """Return how many changes wait for a commit (including failed ones to retry)."""
-        return len(self._queue) + len(self._backlog)
+        return len(self._queue) + len(self._backlog) + bool(self._carried_meta)
 
     @property
     def failing(self) -> bool:
@@ -106,7 +119,10 @@ class GroupCommitter:
         self._queue = self._queue[self._max_batch :]
         self._backlog = []
         loop = asyncio.get_running_loop()
-        return batch, loop.run_in_executor(self._executor, _write_batch, self._store, batch)
+        carried = dict(self._carried_meta)
+        return batch, loop.run_in_executor(
+            self._executor, _write_batch, self._store, batch, carried
+        )
 
     async def _flush_loop(self, started: tuple[list[_Pending], asyncio.Future[None]]) -> None:
         batch, writing = started
@@ -124,6 +140,7 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self.changes_committed += len(batch)
+                self._carried_meta.clear()  # every batch carries all of it
                 self._durable.set()  # every batch starts with the whole backlog
                 # Also after a retry, whose writers were already told of the failure: nobody
                 # else would wake the subscribers of the events it made durable.
@@ -134,7 +151,7 @@ class GroupCommitter:
                         if not waiter.done():
                             waiter.set_result(None)
             if not self._queue:
-                if self._backlog:  # nothing else would retry it: a quiet node stays behind
+                if self._backlog or self._carried_meta:  # nothing else would retry it
                     self._schedule_retry()
                 else:
                     self._checkpoint_while_idle()
@@ -159,7 +176,7 @@ class GroupCommitter:
 
     def _retry_now(self) -> None:
         self._retry = None
-        if self._backlog and not self._closing:
+        if (self._backlog or self._carried_meta) and not self._closing:
             self._start_flush()
 
     def _start_flush(self) -> None:
@@ -173,6 +190,8 @@ class GroupCommitter:
         """Flush, retry any backlog once, then stop the worker thread (also if that fails).
 
         A failed retry raises; its changes stay in `backlog`, since nothing wrote them.
+        Carried meta with no change to go with it is retried once and dropped if it fails:
+        nothing on disk or sent depends on it.
         """
         self._closing = True
         if self._retry is not None:
@@ -180,11 +199,20 @@ class GroupCommitter:
             self._retry = None
         try:
             await self.flush()
+            loop = asyncio.get_running_loop()
             if self._backlog:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._executor, _write_batch, self._store, self._backlog)
+                await loop.run_in_executor(
+                    self._executor, _write_batch, self._store, self._backlog, self._carried_meta
+                )
                 self._backlog = []
+                self._carried_meta = {}
                 self._durable.set()
+            elif self._carried_meta:
+                with contextlib.suppress(Exception):  # see the docstring: safe to drop
+                    await loop.run_in_executor(
+                        self._executor, _write_batch, self._store, [], self._carried_meta
+                    )
+                self._carried_meta = {}
         finally:
             self._executor.shutdown(wait=True)
 
@@ -194,10 +222,12 @@ def _ignore_failure(done: asyncio.Future[bool]) -> None:
         done.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
-def _write_batch(store: SqliteStore, batch: Sequence[_Pending]) -> None:
+def _write_batch(
+    store: SqliteStore, batch: Sequence[_Pending], carried: dict[str, str] | None = None
+) -> None:
     updates: list[tuple[str, bytes]] = []
     events: list[tuple[int, str]] = []
-    meta: dict[str, str] = {}
+    meta: dict[str, str] = dict(carried or {})
     for pending in batch:
         change = pending.change
         updates.extend(change.updates)

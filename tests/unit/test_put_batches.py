@@ -71,12 +71,12 @@ async def test_the_next_batch_is_built_while_the_previous_one_commits(
         built[int(requests[0].id.split("-")[1]) // 10].set()
         return change
 
-    def write_batch(store: SqliteStore, batch: Sequence[Any]) -> None:
+    def write_batch(store: SqliteStore, batch: Sequence[Any], carried: Any = None) -> None:
         index = len(writing)
         writing.append(len(batch))
         if index + 1 < len(built):
             assert built[index + 1].wait(timeout=10), "the next batch was not built meanwhile"
-        write(store, batch)
+        write(store, batch, carried)
 
     async with Mesh.open(tmp_path / "n") as mesh:
         monkeypatch.setattr(TieredMemory, "put_many", put_many)
