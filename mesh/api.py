@@ -140,9 +140,10 @@ class Mesh:
                 await self._committer.close()
             store.close()
             raise
-        collected = memory.collect_tombstones(wall_ms())
-        with contextlib.suppress(StoreFullError):  # kept in the backlog, retried
-            await self._commit(collected)
+        if not self._committer.failing:  # else they wait: a read must leave no write behind
+            collected = memory.collect_tombstones(wall_ms())
+            with contextlib.suppress(StoreFullError):  # kept in the backlog, retried
+                await self._commit(collected)
 
     def _load(self, store: SqliteStore) -> tuple[TieredMemory, dict[str, str]]:
         """Build the memory core from the store (runs on the store thread); write nothing.
@@ -213,8 +214,7 @@ class Mesh:
             return
         self._committer = None
         try:
-            if not committer.failing:  # on a full disk a compaction cannot be written either
-                await self._compact_if_needed(committer, _has_many_rows)
+            await self._compact_if_needed(committer, _has_many_rows)
         finally:
             try:
                 await committer.close()
@@ -524,7 +524,9 @@ class Mesh:
     async def _compact_if_needed(
         self, committer: GroupCommitter, due: Callable[[TierStoreStats], bool]
     ) -> dict[str, int]:
-        if self._memory is None:
+        if self._memory is None or committer.failing:
+            # A snapshot is taken from memory: it would put a failed change (and its clock
+            # ceiling, or the open's carried rows) on disk ahead of its own commit.
             return {}
         memory = self._memory
         await committer.flush()

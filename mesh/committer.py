@@ -77,7 +77,8 @@ class GroupCommitter:
 
     @property
     def backlog(self) -> int:
-        """Return how many changes wait for a commit (including failed ones to retry)."""
+        """Return how many changes wait for a commit (failed ones to retry included), plus
+        one while carried meta waits."""
         return len(self._queue) + len(self._backlog) + bool(self._carried_meta)
 
     @property
@@ -113,19 +114,23 @@ class GroupCommitter:
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
 
-    def _start_write(self) -> tuple[list[_Pending], asyncio.Future[None]]:
-        """Take the backlog and the next queued changes; start writing them on the thread."""
+    def _start_write(self) -> tuple[list[_Pending], dict[str, str], asyncio.Future[None]]:
+        """Take the backlog, carried meta and next queued changes; start writing them."""
         batch = self._backlog + self._queue[: self._max_batch]
         self._queue = self._queue[self._max_batch :]
         self._backlog = []
         loop = asyncio.get_running_loop()
         carried = dict(self._carried_meta)
-        return batch, loop.run_in_executor(
-            self._executor, _write_batch, self._store, batch, carried
+        return (
+            batch,
+            carried,
+            loop.run_in_executor(self._executor, _write_batch, self._store, batch, carried),
         )
 
-    async def _flush_loop(self, started: tuple[list[_Pending], asyncio.Future[None]]) -> None:
-        batch, writing = started
+    async def _flush_loop(
+        self, started: tuple[list[_Pending], dict[str, str], asyncio.Future[None]]
+    ) -> None:
+        batch, carried, writing = started
         while True:
             try:
                 await writing
@@ -140,8 +145,11 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self.changes_committed += len(batch)
-                self._carried_meta.clear()  # every batch carries all of it
-                self._durable.set()  # every batch starts with the whole backlog
+                for key, value in carried.items():  # rows carried since wait for the next
+                    if self._carried_meta.get(key) == value:
+                        del self._carried_meta[key]
+                if not self._carried_meta:
+                    self._durable.set()  # every batch starts with the whole backlog
                 # Also after a retry, whose writers were already told of the failure: nobody
                 # else would wake the subscribers of the events it made durable.
                 if self._on_events is not None and any(p.change.events for p in batch):
@@ -151,12 +159,12 @@ class GroupCommitter:
                         if not waiter.done():
                             waiter.set_result(None)
             if not self._queue:
-                if self._backlog or self._carried_meta:  # nothing else would retry it
+                if self._backlog or self._carried_meta:  # nothing else would retry them
                     self._schedule_retry()
                 else:
                     self._checkpoint_while_idle()
                 return
-            batch, writing = self._start_write()
+            batch, carried, writing = self._start_write()
 
     def _checkpoint_while_idle(self) -> None:
         """Queue a WAL checkpoint on the store thread now, while nothing waits to commit.

@@ -21,6 +21,23 @@ class NullTransport:
         return None
 
 
+class RecordingTransport:
+    """Links nobody by itself; records every frame sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def connect(self, peer_id: str, address: str, port: int) -> None:
+        raise OSError("tests link peers by hand")
+
+    def send(self, peer_id: str, frame: bytes, *, urgent: bool = False) -> bool:
+        self.sent.append((peer_id, frame))
+        return True
+
+    def disconnect(self, peer_id: str) -> None:
+        return None
+
+
 def fail_next_commit(target: Mesh | SqliteStore) -> None:
     """Make the store's next commit fail as on a full disk; later ones succeed."""
     store = target._running().store if isinstance(target, Mesh) else target

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from lone_node import RecordingTransport
 
+from crdt.config import MemoryConfig
 from crdt.memory import NewItem
+from mesh import committer as committer_module
 from mesh.api import Mesh
+from mesh.config import NodeConfig
+from mesh.frames import Priority, carries_replica_data
+from mesh.node import Node
+from mesh.runtime import NodeRuntime, WriteError
 from mesh.store import SqliteStore, StoreFullError
 
 
@@ -95,3 +107,96 @@ async def test_carried_meta_marks_the_committer_failing_until_a_commit_writes_it
         await mesh.put("L1", "carries it", id="x")
         assert not committer.failing and committer.backlog == 0
         assert await committer.run(lambda s: s.get_meta("probe")) == "carried"
+
+
+def no_tombstone_retention() -> MemoryConfig:
+    base = MemoryConfig()
+    tiers = {t: dataclasses.replace(p, tombstone_retention_ms=0) for t, p in base.tiers.items()}
+    return dataclasses.replace(base, tiers=MappingProxyType(tiers))
+
+
+async def test_tombstones_due_at_open_wait_so_a_read_on_a_full_disk_closes_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = no_tombstone_retention()
+    async with Mesh.open(tmp_path, config=config) as mesh:
+        await mesh.put("L1", "deleted", id="gone")
+        await mesh.put("L1", "kept", id="kept")
+        await mesh.delete("gone")
+    with disk_full(monkeypatch):
+        async with Mesh.open(tmp_path, config=config) as mesh:  # close must not raise
+            assert (await mesh.get("kept")).content == "kept"
+            assert mesh.status()["commit_backlog"] == 1  # only the open's rows
+
+
+async def test_no_compaction_while_a_change_waits_for_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await stored_before(tmp_path)
+    with disk_full(monkeypatch) as full:
+        async with Mesh.open(tmp_path) as mesh:
+            with pytest.raises(StoreFullError):
+                await mesh.put("L1", "waits for space", id="new")
+            full.clear()  # space is back, but the retry has not run yet
+            # A snapshot from memory would hold the failed write (its clock ceiling and the
+            # open's new client id) on disk ahead of its own commit.
+            assert await mesh.compact() == {}
+            await mesh.put("L1", "carries the rest", id="after")
+    with SqliteStore.open(tmp_path) as store:
+        ceiling = int(store.get_meta("hlc_ceiling_ms") or "0")
+    async with Mesh.open(tmp_path) as mesh:
+        assert (await mesh.get("new")).updated.wall_ms <= ceiling
+
+
+async def test_meta_carried_while_a_commit_runs_waits_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    write = committer_module._write_batch
+
+    def slow_write(store: SqliteStore, batch: Any, carried: Any = None) -> None:
+        started.set()
+        assert release.wait(timeout=10)
+        write(store, batch, carried)
+
+    async with Mesh.open(tmp_path) as mesh:
+        committer = mesh._running()
+        monkeypatch.setattr(committer_module, "_write_batch", slow_write)
+        putting = asyncio.create_task(mesh.put("L1", "in flight", id="a"))
+        await asyncio.to_thread(started.wait, 10)
+        committer.carry_meta({"late": "row"})  # after that batch took its copy
+        release.set()
+        await putting
+        assert committer.failing  # the batch that just succeeded did not hold the row
+        monkeypatch.setattr(committer_module, "_write_batch", write)
+        await mesh.put("L1", "carries it", id="b")
+        assert not committer.failing
+        assert await committer.run(lambda s: s.get_meta("late")) == "row"
+
+
+async def test_a_node_opened_on_a_full_disk_sends_replica_data_only_once_its_rows_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await stored_before(tmp_path)
+    transport = RecordingTransport()
+    with disk_full(monkeypatch) as full:
+        async with Mesh.open(tmp_path) as mesh:
+            node = Node(mesh.memory, NodeConfig.lan(), random.Random(1))
+            async with NodeRuntime(node, mesh._running(), transport) as runtime:
+                mesh.attach(runtime)
+                runtime.peer_found("peer-b", "10.0.0.9", 7600, ("L1", "L2", "L3"))
+                runtime.link_up("peer-b", "10.0.0.9")
+                with pytest.raises(WriteError, match="commit failed") as failed:
+                    await mesh.put("L1", "urgent", id="c", priority=Priority.CRITICAL)
+                assert failed.value.applied
+                assert not [f for _peer, f in transport.sent if carries_replica_data(f)]
+                full.clear()  # space is back: the committer's own retry writes everything
+                await asyncio.wait_for(mesh._running().recovered(), timeout=5)
+                for _ in range(100):  # the runtime then sends what it held
+                    if [f for _peer, f in transport.sent if carries_replica_data(f)]:
+                        break
+                    await asyncio.sleep(0.01)
+                assert [f for _peer, f in transport.sent if carries_replica_data(f)]
+                mesh.attach(None)
+    async with Mesh.open(tmp_path) as mesh:
+        assert (await mesh.get("c")).content == "urgent"

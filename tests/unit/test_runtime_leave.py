@@ -5,29 +5,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from lone_node import RecordingTransport
+
 from mesh.api import Mesh
 from mesh.codec import decode_message
 from mesh.config import NodeConfig
 from mesh.messages import MemberState, Ping
 from mesh.node import Node
 from mesh.runtime import NodeRuntime
-
-
-class RecordingTransport:
-    """Links nobody by itself; records every frame sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    async def connect(self, peer_id: str, address: str, port: int) -> None:
-        raise OSError("tests link peers by hand")
-
-    def send(self, peer_id: str, frame: bytes, *, urgent: bool = False) -> bool:
-        self.sent.append((peer_id, frame))
-        return True
-
-    def disconnect(self, peer_id: str) -> None:
-        return None
 
 
 def goodbyes(sent: list[tuple[str, bytes]], node_id: str) -> set[str]:
