@@ -77,8 +77,7 @@ class GroupCommitter:
 
     @property
     def backlog(self) -> int:
-        """Return how many changes wait for a commit (failed ones to retry included), plus
-        one while carried meta waits."""
+        """Return the changes awaiting a commit (failed ones too), plus 1 while meta is carried."""
         return len(self._queue) + len(self._backlog) + bool(self._carried_meta)
 
     @property
@@ -145,7 +144,7 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self.changes_committed += len(batch)
-                for key, value in carried.items():  # rows carried since wait for the next
+                for key, value in carried.items():  # rows carried after it began wait for the next
                     if self._carried_meta.get(key) == value:
                         del self._carried_meta[key]
                 if not self._carried_meta:
