@@ -375,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error_text(exc: BaseException) -> str:
+    """Return the one-line error for `exc`; a write that took effect anyway says so."""
+    text = str(exc) or type(exc).__name__
+    if getattr(exc, "applied", False):
+        text += " (the write is stored here and replicates: do not write it again)"
+    return text
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Return the exceptions reported as one-line errors (never a traceback)."""
     from mesh.control import ControlError
@@ -427,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return remote
         asyncio.run(_with_mesh(args, args.handler))
     except user_errors() as exc:
-        print(f"memmesh: error: {exc}", file=sys.stderr)
+        print(f"memmesh: error: {user_error_text(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

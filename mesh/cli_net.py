@@ -202,7 +202,7 @@ def _parse_for_daemon(argv: Sequence[str]) -> argparse.Namespace:
 
 async def run_in_daemon(mesh: Any, argv: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
     """Run one CLI data command against the daemon's open Mesh; capture its output."""
-    from mesh.cli import user_errors
+    from mesh.cli import user_error_text, user_errors
 
     args = _parse_for_daemon(argv)
     if args.command not in DAEMON_AWARE:
@@ -212,5 +212,5 @@ async def run_in_daemon(mesh: Any, argv: Sequence[str], extra: dict[str, Any]) -
     try:
         await args.handler(mesh, args)
     except user_errors() as exc:
-        return {"stdout": args.out.getvalue(), "error": str(exc)}
+        return {"stdout": args.out.getvalue(), "error": user_error_text(exc)}
     return {"stdout": args.out.getvalue(), "error": None}

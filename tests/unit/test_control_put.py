@@ -19,7 +19,7 @@ import pytest
 from crdt.item import InvalidItemError
 from mesh import control_ops
 from mesh.api import Mesh
-from mesh.control import ControlClient, ControlError
+from mesh.control import ControlClient, ControlError, call
 from mesh.daemon import Daemon, DaemonOptions
 from mesh.joining import init_node
 
@@ -188,3 +188,12 @@ def test_after_a_timeout_a_late_reply_is_never_taken_for_the_next_one(tmp_path: 
             client.call("slow", reply_timeout_s=0.1)
         with pytest.raises(ControlError, match="open a new ControlClient"):
             client.call("fast")
+
+
+async def test_the_cli_says_a_write_that_missed_its_ack_is_stored(tmp_path: Path) -> None:
+    init_node(tmp_path)  # alone: no peer can ack
+    put = ["put", "--data-dir", str(tmp_path), "--tier", "L1", "--id", "x", "--content", "y"]
+    put += ["--ack", "peer", "--timeout", "0.3"]
+    async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))):
+        reply = await asyncio.to_thread(call, tmp_path, "cli", argv=put)
+    assert "timed out" in reply["error"] and "do not write it again" in reply["error"]
