@@ -47,7 +47,7 @@ from crdt.item import (
 )
 from crdt.item import to_record as encode_record
 from crdt.merkle import MerkleDigest
-from crdt.search import SearchHit, VectorIndex
+from crdt.search import SearchHit, SearchPlan, VectorIndex
 from crdt.tier import TierDoc, version_hashes
 
 L0 = "L0"
@@ -658,6 +658,24 @@ class TieredMemory:
 
         Tier "L0" searches the local cache's reduced embeddings instead.
         """
+        prepared = self.prepare_search(query, k, tiers)
+        plan = prepared.plan
+        if plan is None:
+            return prepared.finish(None)
+        try:
+            scored = plan.score()
+        finally:
+            plan.release()
+        return prepared.finish(scored)
+
+    def prepare_search(
+        self, query: object, k: int = 10, tiers: Collection[str] | None = None
+    ) -> PreparedSearch:
+        """Check a search (as `search` does) and freeze what its scoring reads.
+
+        Score `prepared.plan` (when not None) anywhere, even on another thread while this
+        memory changes, release it, then call `prepared.finish` here.
+        """
         vec = as_vector(query, max_dim=self.config.limits.max_dim)
         chosen = tuple(tiers) if tiers is not None else self.tiers
         for tier in chosen:
@@ -666,15 +684,10 @@ class TieredMemory:
                     f"unknown tier {tier!r}; expected {L0} (the local cache) or one of "
                     f"{', '.join(self._tiers)}"
                 )
-        hits = []
         replicated = [t for t in chosen if t != L0]
-        if replicated:
-            hits = self._index.search(vec, k=k, tiers=replicated)
-        if L0 in chosen:
-            hits = sorted(
-                [*hits, *self._search_l0(vec, k)], key=lambda h: (-h.score, h.tier, h.item_id)
-            )[:k]
-        return hits
+        plan = self._index.plan_search(vec, k=k, tiers=replicated) if replicated else None
+        l0_hits = self._search_l0(vec, k) if L0 in chosen else None
+        return PreparedSearch(self._index, k, plan, l0_hits)
 
     def _search_l0(self, vec: FloatVector, k: int) -> list[SearchHit]:
         """Search the hot items in L0 by their reduced embeddings (reduced lazily, here)."""
@@ -1017,3 +1030,26 @@ class TieredMemory:
             ceiling_ms=self.clock.pending_ceiling(),
             items=tuple(items),
         )
+
+
+@dataclass(slots=True)
+class PreparedSearch:
+    """A checked search whose replicated part (`plan`, if any) is scored apart."""
+
+    index: VectorIndex
+    k: int
+    plan: SearchPlan | None
+    l0_hits: list[SearchHit] | None  # when L0 is searched too (done at preparation)
+
+    def finish(
+        self, scored: tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]] | None
+    ) -> list[SearchHit]:
+        """Return the hits, best first: the scored rows' items still live, plus L0's."""
+        hits: list[SearchHit] = []
+        if self.plan is not None and scored is not None:
+            hits = self.index.finish_search(self.plan, *scored)
+        if self.l0_hits is not None:
+            hits = sorted([*hits, *self.l0_hits], key=lambda h: (-h.score, h.tier, h.item_id))[
+                : self.k
+            ]
+        return hits

@@ -74,7 +74,7 @@ def _normalise_rows(matrix: npt.NDArray[np.generic], out: FloatArray | None = No
 class _Block:
     """Preallocated rows of one dimension with liveness, tier codes and a free list."""
 
-    __slots__ = ("count", "free", "keys", "live", "pending", "tiers", "used", "vectors")
+    __slots__ = ("count", "free", "frozen", "keys", "live", "pending", "tiers", "used", "vectors")
 
     def __init__(self, dim: int) -> None:
         """Allocate an empty block for vectors of `dim` components."""
@@ -90,6 +90,9 @@ class _Block:
         # `vectors`, which may be shorter than the other arrays until then) before anything
         # reads, replaces or frees a row or stores another vector.
         self.pending: list[tuple[int, FloatArray]] = []
+        # Searches scoring a snapshot of rows [0, used) off the event loop: while any runs,
+        # no stored row is written (no free row is reused), so the snapshot stays intact.
+        self.frozen = 0
 
     def _grow(self, needed: int = 0, *, vectors: bool = True) -> None:
         """Double the capacity (or more, to hold `needed` rows), keeping rows in place.
@@ -128,10 +131,11 @@ class _Block:
         rows that need no freed row are kept (a copy) for `settle`, all others stored here.
         """
         count = len(keys)
-        lazy = defer and vectors.dtype == np.float32 and len(self.free) == 0
+        free = self.free if not self.frozen else []
+        lazy = defer and vectors.dtype == np.float32 and len(free) == 0
         if not lazy and self.pending:
             self.settle()
-        reused = self.free[::-1][:count]
+        reused = free[::-1][:count]
         del self.free[len(self.free) - len(reused) :]
         fresh = count - len(reused)
         if self.used + fresh > self.live.shape[0]:
@@ -162,7 +166,7 @@ class _Block:
         """Store the vector in a free row and return the row number."""
         if self.pending:
             self.settle()
-        if self.free:
+        if self.free and not self.frozen:
             row = self.free.pop()
         else:
             if self.used == self.live.shape[0]:
@@ -232,13 +236,13 @@ class VectorIndex:
         existing = self._rows.get(key)
         if existing is not None:
             old_dim, row = existing
-            if old_dim == dim:
-                held = self._blocks[dim]
+            held = self._blocks[old_dim]
+            if old_dim == dim and not held.frozen:
                 if held.pending:
                     held.settle()
                 held.vectors[row] = normalised
                 return
-            self._discard(old_dim, row)
+            self._discard(old_dim, row)  # while frozen: a new row, the old one left as is
         block = self._blocks.get(dim)
         if block is None:
             block = self._blocks[dim] = _Block(dim)
@@ -311,6 +315,23 @@ class VectorIndex:
         self, query: npt.ArrayLike, k: int = 10, tiers: Collection[str] | None = None
     ) -> list[SearchHit]:
         """Return up to k hits of the query's dimension, best first, ties by (tier, item_id)."""
+        plan = self.plan_search(query, k, tiers)
+        if plan is None:
+            return []
+        try:
+            rows, scores = plan.score()
+        finally:
+            plan.release()
+        return self.finish_search(plan, rows, scores)
+
+    def plan_search(
+        self, query: npt.ArrayLike, k: int = 10, tiers: Collection[str] | None = None
+    ) -> SearchPlan | None:
+        """Check the query and freeze a snapshot to score; None when nothing can match.
+
+        `plan.score()` reads only the snapshot, so it may run on another thread while this
+        index changes; call `plan.release()` once it is done, then `finish_search`.
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if isinstance(tiers, str):
@@ -320,37 +341,81 @@ class VectorIndex:
             raise ValueError("query vector has zero norm; cosine similarity is undefined")
         block = self._blocks.get(q.shape[0])
         if block is None:
-            return []
+            return None
         if block.pending:
             block.settle()
         used = block.used
-        mask = block.live[:used]
+        mask = block.live[:used].copy()
         if tiers is not None:
             codes = [self._tier_codes[t] for t in tiers if t in self._tier_codes]
             if not codes:
-                return []
+                return None
             wanted = np.zeros(len(self._tier_codes), dtype=np.bool_)
             wanted[codes] = True
-            mask = mask & wanted[block.tiers[:used]]
+            mask &= wanted[block.tiers[:used]]
         candidates = int(np.count_nonzero(mask))
         if candidates == 0:
-            return []
-        scores = block.vectors[:used] @ q
-        if candidates < used:
-            np.putmask(scores, ~mask, -np.inf)
-        if k >= candidates:
-            rows = np.flatnonzero(mask)
-        else:
-            top = np.argpartition(scores, used - k)[used - k :]
-            # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
-            # (tier, item_id) tie-break below is deterministic.
-            rows = np.flatnonzero(scores >= scores[top].min())
-        ranked = sorted((-float(scores[r]), *self._key(block, int(r))) for r in rows.tolist())
-        return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[:k]]
+            return None
+        block.frozen += 1
+        return SearchPlan(block, block.vectors[:used], mask, candidates, q, k)
 
-    @staticmethod
-    def _key(block: _Block, row: int) -> Key:
-        """Return the key stored in a live row."""
-        key = block.keys[row]
-        assert key is not None  # callers only pass live rows
-        return key
+    def finish_search(
+        self, plan: SearchPlan, rows: npt.NDArray[np.intp], scores: FloatArray
+    ) -> list[SearchHit]:
+        """Return the hits of scored rows, skipping any whose item left meanwhile."""
+        block = plan.block
+        live, keys = block.live, block.keys
+        ranked = []
+        for row in rows.tolist():
+            key = keys[row]
+            if key is not None and live[row]:  # a row freed during the scoring is not reused
+                ranked.append((-float(scores[row]), *key))
+        ranked.sort()
+        return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[: plan.k]]
+
+
+class SearchPlan:
+    """A frozen snapshot of one block's rows to score against a query, off the loop if need be."""
+
+    __slots__ = ("block", "candidates", "k", "mask", "query", "released", "vectors")
+
+    def __init__(
+        self,
+        block: _Block,
+        vectors: FloatArray,
+        mask: npt.NDArray[np.bool_],
+        candidates: int,
+        query: FloatArray,
+        k: int,
+    ) -> None:
+        """Hold the rows to score; the block stays frozen until `release`."""
+        self.block = block
+        self.vectors = vectors
+        self.mask = mask
+        self.candidates = candidates
+        self.query = query
+        self.k = k
+        self.released = False
+
+    def score(self) -> tuple[npt.NDArray[np.intp], FloatArray]:
+        """Return the rows that can be among the top k (ties included) and every row's score.
+
+        Reads only the snapshot: safe on another thread (numpy's matmul releases the GIL).
+        """
+        used = self.vectors.shape[0]
+        scores: FloatArray = self.vectors @ self.query
+        if self.candidates < used:
+            np.putmask(scores, ~self.mask, -np.inf)
+        k = self.k
+        if k >= self.candidates:
+            return np.flatnonzero(self.mask), scores
+        top = np.argpartition(scores, used - k)[used - k :]
+        # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
+        # (tier, item_id) tie-break is deterministic.
+        return np.flatnonzero(scores >= scores[top].min()), scores
+
+    def release(self) -> None:
+        """Unfreeze the block (idempotent): its free rows may be reused again."""
+        if not self.released:
+            self.released = True
+            self.block.frozen -= 1

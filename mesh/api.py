@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from mesh.runtime import NodeRuntime
 
 COMPACT_AFTER_ROWS = 2_000
+SEARCHES_AT_ONCE = 4  # searches scored or waiting at once; more wait for a slot
+# Rows x dimensions from which a search is scored on its thread: about 0.3 ms of matmul.
+SEARCH_OFF_LOOP_ELEMENTS = 1 << 21
 log = logging.getLogger("memmesh.mesh")
 _USED_CLIENT_IDS = "yjs_client_ids_used"
 # Yjs client ids of the latest opens, oldest first. An id whose updates were committed
@@ -94,6 +98,8 @@ class Mesh:
         self._drained = asyncio.Event()
         self._runtime: NodeRuntime | None = None
         self._blocking_streams: set[Subscription] = set()
+        self._search_slots = asyncio.Semaphore(SEARCHES_AT_ONCE)
+        self._searcher: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def open(cls, data_dir: Path | str, *, config: MemoryConfig | None = None) -> Mesh:
@@ -213,6 +219,9 @@ class Mesh:
         if committer is None:
             return
         self._committer = None
+        if self._searcher is not None:
+            self._searcher.shutdown(wait=True)
+            self._searcher = None
         try:
             await self._compact_if_needed(committer, _has_many_rows)
         finally:
@@ -445,8 +454,34 @@ class Mesh:
     async def search(
         self, query: Any, k: int = 10, tiers: Collection[str] | None = None
     ) -> list[SearchHit]:
-        """Return the k nearest live items by cosine similarity, best first."""
-        return self.memory.search(query, k=k, tiers=tiers)
+        """Return the k nearest live items by cosine similarity, best first.
+
+        A large index is scored on a search thread (numpy releases the GIL there), so the
+        event loop goes on serving frames and timers meanwhile; at most SEARCHES_AT_ONCE
+        run or wait, later ones wait their turn. Items added while a search is scored are
+        not in its hits; items deleted meanwhile are left out.
+        """
+        async with self._search_slots:
+            prepared = self.memory.prepare_search(query, k=k, tiers=tiers)
+            plan = prepared.plan
+            if plan is None:
+                return prepared.finish(None)
+            try:
+                if plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:
+                    scored = plan.score()  # the hop to a thread would cost more
+                else:
+                    loop = asyncio.get_running_loop()
+                    scored = await loop.run_in_executor(self._search_thread(), plan.score)
+            finally:
+                plan.release()
+            return prepared.finish(scored)
+
+    def _search_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._searcher is None:
+            self._searcher = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="memmesh-search"
+            )
+        return self._searcher
 
     def conflicts(self, item_id: str) -> tuple[MemoryItem, ...]:
         """Return the concurrent versions of an item in conflict (empty when none)."""

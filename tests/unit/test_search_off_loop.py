@@ -1,0 +1,89 @@
+"""Searches scored off the event loop: a frozen snapshot, exact without concurrent changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crdt.memory import NewItem
+from crdt.search import VectorIndex
+from mesh import api
+from mesh.api import Mesh
+
+
+def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((count, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def brute_force(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[str]:
+    q = query / np.linalg.norm(query)
+    scored = sorted((-float(v @ q), item_id) for item_id, v in vectors.items())
+    return [item_id for _score, item_id in scored[:k]]
+
+
+def test_changes_made_while_a_plan_is_scored_neither_tear_it_nor_leak_into_it() -> None:
+    index = VectorIndex()
+    rows = unit_rows(200, 16, seed=1)
+    ids = [f"i{n:03d}" for n in range(200)]
+    index.upsert_many("L3", ids, rows)
+    index.remove("L3", "i199")  # a free row, which a change during the scoring must not reuse
+    query = rows[7] + 0.1 * rows[8]
+    plan = index.plan_search(query, k=5)
+    assert plan is not None
+    before = [h.item_id for h in index.search(query, k=5)]
+    # Meanwhile (as if the loop ran while a thread scores): delete the best hit, replace
+    # another's vector, and add an item identical to the query.
+    index.remove("L3", before[0])
+    index.upsert("L3", before[1], -rows[7])
+    index.upsert("L3", "new", query)
+    rows_scored, scores = plan.score()
+    plan.release()
+    hits = [h.item_id for h in index.finish_search(plan, rows_scored, scores)]
+    # The snapshot's top 5, less the two items that changed; nothing torn, nothing new.
+    assert hits == before[2:5]
+    unchanged = {i: r for i, r in zip(ids, rows, strict=True) if i not in {"i199", *before[:2]}}
+    assert brute_force(unchanged, query, 3) == hits
+    # Released: a fresh search sees every change.
+    assert [h.item_id for h in index.search(query, k=1)] == ["new"]
+
+
+def test_no_stored_row_is_written_while_a_plan_is_frozen() -> None:
+    index = VectorIndex()
+    rows = unit_rows(10, 8, seed=2)
+    index.upsert_many("L1", [f"a{n}" for n in range(10)], rows)
+    index.remove("L1", "a3")
+    plan = index.plan_search(rows[0], k=3)
+    assert plan is not None
+    snapshot = plan.vectors.copy()
+    index.upsert("L1", "b", rows[5])  # would reuse a3's row
+    index.upsert("L1", "a4", rows[9])  # would overwrite a4's row in place
+    index.upsert_many("L1", ["c", "d"], rows[:2])
+    np.testing.assert_array_equal(plan.vectors, snapshot)
+    plan.release()
+    plan.release()  # idempotent
+    index.upsert("L1", "e", rows[6])  # reuse resumes once released
+    assert [h.item_id for h in index.search(rows[9], k=2)] == sorted(["a4", "a9"])
+
+
+async def test_mesh_search_on_its_thread_matches_the_memory_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "SEARCH_OFF_LOOP_ELEMENTS", 0)  # every search goes off the loop
+    rows = unit_rows(300, 32, seed=3)
+    async with Mesh.open(tmp_path) as mesh:
+        for n in range(0, 300, 100):
+            await mesh.put_many(
+                [
+                    NewItem(tier="L3", content=f"item {i}", id=f"x{i:03d}", embedding=rows[i])
+                    for i in range(n, n + 100)
+                ]
+            )
+        for query in (rows[3], rows[17] - rows[40]):
+            expected = mesh.memory.search(query, k=10, tiers=["L3", "L0"])
+            assert await mesh.search(query, k=10, tiers=["L3", "L0"]) == expected
+        assert mesh._searcher is not None  # it did run on the search thread
+    assert mesh._searcher is None  # stopped at close
