@@ -663,10 +663,9 @@ class TieredMemory:
         if plan is None:
             return prepared.finish(None)
         try:
-            scored = plan.score()
+            return prepared.finish(plan.score())
         finally:
             plan.release()
-        return prepared.finish(scored)
 
     def prepare_search(
         self, query: object, k: int = 10, tiers: Collection[str] | None = None
@@ -674,7 +673,7 @@ class TieredMemory:
         """Check a search (as `search` does) and freeze what its scoring reads.
 
         Score `prepared.plan` (when not None) anywhere, even on another thread while this
-        memory changes, release it, then call `prepared.finish` here.
+        memory changes, call `prepared.finish` here, then release the plan.
         """
         vec = as_vector(query, max_dim=self.config.limits.max_dim)
         chosen = tuple(tiers) if tiers is not None else self.tiers
@@ -685,8 +684,8 @@ class TieredMemory:
                     f"{', '.join(self._tiers)}"
                 )
         replicated = [t for t in chosen if t != L0]
+        l0_hits = self._search_l0(vec, k) if L0 in chosen else None  # first: nothing frozen
         plan = self._index.plan_search(vec, k=k, tiers=replicated) if replicated else None
-        l0_hits = self._search_l0(vec, k) if L0 in chosen else None
         return PreparedSearch(self._index, k, plan, l0_hits)
 
     def _search_l0(self, vec: FloatVector, k: int) -> list[SearchHit]:

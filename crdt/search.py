@@ -74,7 +74,10 @@ def _normalise_rows(matrix: npt.NDArray[np.generic], out: FloatArray | None = No
 class _Block:
     """Preallocated rows of one dimension with liveness, tier codes and a free list."""
 
-    __slots__ = ("count", "free", "frozen", "keys", "live", "pending", "tiers", "used", "vectors")
+    __slots__ = (
+        "count", "free", "frozen", "keys", "live", "pending", "replaced", "tiers", "used",
+        "vectors",
+    )  # fmt: skip
 
     def __init__(self, dim: int) -> None:
         """Allocate an empty block for vectors of `dim` components."""
@@ -91,8 +94,11 @@ class _Block:
         # reads, replaces or frees a row or stores another vector.
         self.pending: list[tuple[int, FloatArray]] = []
         # Searches scoring a snapshot of rows [0, used) off the event loop: while any runs,
-        # no stored row is written (no free row is reused), so the snapshot stays intact.
+        # no stored row is written, so the snapshot stays intact. A freed row is not reused
+        # meanwhile, and a replaced vector waits in `replaced` (row -> normalised vector),
+        # stored when the last search releases the block; searches score it from there.
         self.frozen = 0
+        self.replaced: dict[int, FloatArray] = {}
 
     def _grow(self, needed: int = 0, *, vectors: bool = True) -> None:
         """Double the capacity (or more, to hold `needed` rows), keeping rows in place.
@@ -180,6 +186,14 @@ class _Block:
         self.count += 1
         return row
 
+    def thaw(self) -> None:
+        """Release one frozen search; the last one stores the vectors replaced meanwhile."""
+        self.frozen -= 1
+        if not self.frozen and self.replaced:
+            for row, vector in self.replaced.items():
+                self.vectors[row] = vector
+            self.replaced.clear()
+
     def settle(self) -> None:
         """Store the pending rows normalised (`_normalise_rows`), a bounded chunk at a time."""
         if not self.pending:
@@ -197,6 +211,7 @@ class _Block:
         """Mark the row free for reuse."""
         if self.pending:  # a pending row must not be normalised after its reuse
             self.settle()
+        self.replaced.pop(row, None)
         self.live[row] = False
         self.keys[row] = None
         self.free.append(row)
@@ -236,13 +251,16 @@ class VectorIndex:
         existing = self._rows.get(key)
         if existing is not None:
             old_dim, row = existing
-            held = self._blocks[old_dim]
-            if old_dim == dim and not held.frozen:
+            if old_dim == dim:
+                held = self._blocks[dim]
                 if held.pending:
                     held.settle()
-                held.vectors[row] = normalised
+                if held.frozen:  # a search reads the stored row: store it when released
+                    held.replaced[row] = normalised
+                else:
+                    held.vectors[row] = normalised
                 return
-            self._discard(old_dim, row)  # while frozen: a new row, the old one left as is
+            self._discard(old_dim, row)
         block = self._blocks.get(dim)
         if block is None:
             block = self._blocks[dim] = _Block(dim)
@@ -319,10 +337,9 @@ class VectorIndex:
         if plan is None:
             return []
         try:
-            rows, scores = plan.score()
+            return self.finish_search(plan, *plan.score())
         finally:
             plan.release()
-        return self.finish_search(plan, rows, scores)
 
     def plan_search(
         self, query: npt.ArrayLike, k: int = 10, tiers: Collection[str] | None = None
@@ -330,7 +347,8 @@ class VectorIndex:
         """Check the query and freeze a snapshot to score; None when nothing can match.
 
         `plan.score()` reads only the snapshot, so it may run on another thread while this
-        index changes; call `plan.release()` once it is done, then `finish_search`.
+        index changes. Then call `finish_search`, and `plan.release()` after it (never
+        between the two: a row freed meanwhile could be reused under another key).
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -362,14 +380,29 @@ class VectorIndex:
     def finish_search(
         self, plan: SearchPlan, rows: npt.NDArray[np.intp], scores: FloatArray
     ) -> list[SearchHit]:
-        """Return the hits of scored rows, skipping any whose item left meanwhile."""
+        """Return the hits of scored rows (before `plan.release()`), best first.
+
+        A row whose item left meanwhile is skipped; one whose vector was replaced meanwhile
+        is scored again with its new vector.
+        """
+        if plan.released:
+            raise RuntimeError("finish_search after plan.release(): rows may have been reused")
         block = plan.block
-        live, keys = block.live, block.keys
+        live, keys, replaced = block.live, block.keys, block.replaced
+        cut = float(scores[rows].min()) if len(rows) else 0.0  # the snapshot's k-th score
         ranked = []
         for row in rows.tolist():
             key = keys[row]
-            if key is not None and live[row]:  # a row freed during the scoring is not reused
-                ranked.append((-float(scores[row]), *key))
+            if key is None or not live[row]:  # left meanwhile (its row is not reused yet)
+                continue
+            new = replaced.get(row)
+            if new is None:
+                score = float(scores[row])
+            else:  # replaced meanwhile: it keeps its place only if it still earns it
+                score = float(new @ plan.query)
+                if score < cut:
+                    continue
+            ranked.append((-score, *key))
         ranked.sort()
         return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[: plan.k]]
 
@@ -418,4 +451,4 @@ class SearchPlan:
         """Unfreeze the block (idempotent): its free rows may be reused again."""
         if not self.released:
             self.released = True
-            self.block.frozen -= 1
+            self.block.thaw()

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from mesh.runtime import NodeRuntime
 
 COMPACT_AFTER_ROWS = 2_000
-SEARCHES_AT_ONCE = 4  # searches scored or waiting at once; more wait for a slot
 # Rows x dimensions from which a search is scored on its thread: about 0.3 ms of matmul.
 SEARCH_OFF_LOOP_ELEMENTS = 1 << 21
 log = logging.getLogger("memmesh.mesh")
@@ -98,7 +97,7 @@ class Mesh:
         self._drained = asyncio.Event()
         self._runtime: NodeRuntime | None = None
         self._blocking_streams: set[Subscription] = set()
-        self._search_slots = asyncio.Semaphore(SEARCHES_AT_ONCE)
+        self._search_turn = asyncio.Lock()  # one search planned and scored at a time
         self._searcher: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
@@ -220,8 +219,8 @@ class Mesh:
             return
         self._committer = None
         if self._searcher is not None:
-            self._searcher.shutdown(wait=True)
-            self._searcher = None
+            searcher, self._searcher = self._searcher, None
+            await asyncio.to_thread(searcher.shutdown)  # a search still scoring ends first
         try:
             await self._compact_if_needed(committer, _has_many_rows)
         finally:
@@ -457,24 +456,35 @@ class Mesh:
         """Return the k nearest live items by cosine similarity, best first.
 
         A large index is scored on a search thread (numpy releases the GIL there), so the
-        event loop goes on serving frames and timers meanwhile; at most SEARCHES_AT_ONCE
-        run or wait, later ones wait their turn. Items added while a search is scored are
-        not in its hits; items deleted meanwhile are left out.
+        event loop goes on serving frames and timers meanwhile. One search is scored at a
+        time; the others wait, unplanned, for their turn. Items added while a search is
+        scored are not in its hits; items deleted meanwhile are left out.
         """
-        async with self._search_slots:
+        self._running()  # a closed node has no search thread
+        async with self._search_turn:
             prepared = self.memory.prepare_search(query, k=k, tiers=tiers)
             plan = prepared.plan
             if plan is None:
                 return prepared.finish(None)
+            if plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:  # the hop would cost more
+                try:
+                    return prepared.finish(plan.score())
+                finally:
+                    plan.release()
+            scoring = asyncio.get_running_loop().run_in_executor(self._search_thread(), plan.score)
             try:
-                if plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:
-                    scored = plan.score()  # the hop to a thread would cost more
-                else:
-                    loop = asyncio.get_running_loop()
-                    scored = await loop.run_in_executor(self._search_thread(), plan.score)
+                scored = await asyncio.shield(scoring)
+            except asyncio.CancelledError:
+                # The thread still reads the snapshot: unfreeze only once it is done.
+                scoring.add_done_callback(lambda _done: plan.release())
+                raise
+            except BaseException:
+                plan.release()
+                raise
+            try:
+                return prepared.finish(scored)
             finally:
                 plan.release()
-            return prepared.finish(scored)
 
     def _search_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._searcher is None:

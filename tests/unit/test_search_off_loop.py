@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crdt.memory import NewItem
-from crdt.search import VectorIndex
+from crdt.search import SearchPlan, VectorIndex
 from mesh import api
 from mesh.api import Mesh
 
@@ -40,15 +42,18 @@ def test_changes_made_while_a_plan_is_scored_neither_tear_it_nor_leak_into_it() 
     index.remove("L3", before[0])
     index.upsert("L3", before[1], -rows[7])
     index.upsert("L3", "new", query)
-    rows_scored, scores = plan.score()
+    hits = [h.item_id for h in index.finish_search(plan, *plan.score())]
     plan.release()
-    hits = [h.item_id for h in index.finish_search(plan, rows_scored, scores)]
-    # The snapshot's top 5, less the two items that changed; nothing torn, nothing new.
+    # The snapshot's top 5, less the deleted one and the one whose new vector no longer
+    # earns a place; nothing torn, nothing added meanwhile.
     assert hits == before[2:5]
     unchanged = {i: r for i, r in zip(ids, rows, strict=True) if i not in {"i199", *before[:2]}}
     assert brute_force(unchanged, query, 3) == hits
-    # Released: a fresh search sees every change.
+    # Released: the replaced vector is stored, and a fresh search sees every change.
     assert [h.item_id for h in index.search(query, k=1)] == ["new"]
+    assert [h.item_id for h in index.search(-rows[7], k=1)] == [before[1]]
+    with pytest.raises(RuntimeError, match=r"after plan\.release"):
+        index.finish_search(plan, *plan.score())
 
 
 def test_no_stored_row_is_written_while_a_plan_is_frozen() -> None:
@@ -60,7 +65,9 @@ def test_no_stored_row_is_written_while_a_plan_is_frozen() -> None:
     assert plan is not None
     snapshot = plan.vectors.copy()
     index.upsert("L1", "b", rows[5])  # would reuse a3's row
-    index.upsert("L1", "a4", rows[9])  # would overwrite a4's row in place
+    index.upsert("L1", "a4", rows[9])  # waits to overwrite a4's row until released
+    index.upsert("L1", "a5", rows[8])
+    index.remove("L1", "a5")  # a replacement of a row freed meanwhile is forgotten
     index.upsert_many("L1", ["c", "d"], rows[:2])
     np.testing.assert_array_equal(plan.vectors, snapshot)
     plan.release()
@@ -87,3 +94,35 @@ async def test_mesh_search_on_its_thread_matches_the_memory_search(
             assert await mesh.search(query, k=10, tiers=["L3", "L0"]) == expected
         assert mesh._searcher is not None  # it did run on the search thread
     assert mesh._searcher is None  # stopped at close
+
+
+async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "SEARCH_OFF_LOOP_ELEMENTS", 0)
+    started, gate = threading.Event(), threading.Event()
+    score = SearchPlan.score
+
+    def slow_score(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+        started.set()
+        assert gate.wait(timeout=10)
+        return score(plan)
+
+    monkeypatch.setattr(SearchPlan, "score", slow_score)
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.put("L3", "x", id="x", embedding=[1.0, 0.0])
+        searching = asyncio.create_task(mesh.search([1.0, 0.0]))
+        assert await asyncio.to_thread(started.wait, 10)
+        searching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await searching
+        block = mesh.memory._index._blocks[2]
+        assert block.frozen == 1  # the thread still reads the snapshot
+        gate.set()
+        for _ in range(500):
+            if block.frozen == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert block.frozen == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        await mesh.search([1.0, 0.0])
