@@ -85,14 +85,23 @@ class MemoryItem:
         """Hash the identity of the version."""
         return hash((self.id, self.tier, self.updated, self.author))
 
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-friendly view with the embedding as a list of floats."""
+    def to_json(self, *, with_embedding: bool = True) -> dict[str, Any]:
+        """Return a JSON-friendly view: the embedding as a list of floats, or only its size.
+
+        Without the embedding, `embedding_dim` (None when there is none) replaces it.
+        """
+        vector = self.embedding
+        shown: dict[str, Any] = (
+            {"embedding": None if vector is None else vector.tolist()}
+            if with_embedding
+            else {"embedding_dim": None if vector is None else int(vector.shape[0])}
+        )
         return {
             "id": self.id,
             "tier": self.tier,
             "content": self.content,
             "content_hash": self.content_hash,
-            "embedding": None if self.embedding is None else self.embedding.tolist(),
+            **shown,
             "metadata": dict(self.metadata),
             "tags": list(self.tags),
             "citations": list(self.citations),

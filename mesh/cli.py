@@ -55,14 +55,6 @@ def _load_embedding(path: str | None) -> Any:
         raise CliError(f"cannot read embedding file {path}: {exc}") from None
 
 
-def _item_json(item: MemoryItem, *, with_embedding: bool) -> dict[str, Any]:
-    data = item.to_json()
-    if not with_embedding:
-        emb = data.pop("embedding")
-        data["embedding_dim"] = None if emb is None else len(emb)
-    return data
-
-
 def _describe(item: MemoryItem) -> str:
     lines = [
         f"id:         {item.id}",
@@ -103,7 +95,7 @@ async def cmd_put(mesh: Mesh, args: argparse.Namespace) -> None:
         timeout_s=args.timeout,
     )
     if args.json:
-        _print_json(_item_json(item, with_embedding=False), args.out)
+        _print_json(item.to_json(with_embedding=False), args.out)
     else:
         print(item.id, file=args.out)
 
@@ -113,8 +105,8 @@ async def cmd_get(mesh: Mesh, args: argparse.Namespace) -> None:
     item = await mesh.get(args.id)
     conflicts = mesh.conflicts(args.id)
     if args.json:
-        data = _item_json(item, with_embedding=args.with_embedding)
-        data["conflicts"] = [_item_json(v, with_embedding=False) for v in conflicts]
+        data = item.to_json(with_embedding=args.with_embedding)
+        data["conflicts"] = [v.to_json(with_embedding=False) for v in conflicts]
         _print_json(data, args.out)
         return
     print(_describe(item), file=args.out)

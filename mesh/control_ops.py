@@ -93,7 +93,4 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
         ack=AckLevel(ack),
         timeout_s=10.0 if timeout_s is None else float(timeout_s),
     )
-    data = item.to_json()
-    vector = data.pop("embedding")
-    data["embedding_dim"] = None if vector is None else len(vector)
-    return data
+    return item.to_json(with_embedding=False)
