@@ -658,22 +658,16 @@ class TieredMemory:
 
         Tier "L0" searches the local cache's reduced embeddings instead.
         """
-        prepared = self.prepare_search(query, k, tiers)
-        plan = prepared.plan
-        if plan is None:
-            return prepared.finish(None)
-        try:
-            return prepared.finish(plan.score())
-        finally:
-            plan.release()
+        return self.prepare_search(query, k, tiers).run_here()
 
     def prepare_search(
         self, query: object, k: int = 10, tiers: Collection[str] | None = None
     ) -> PreparedSearch:
         """Check a search (as `search` does) and freeze what its scoring reads.
 
-        Score `prepared.plan` (when not None) anywhere, even on another thread while this
-        memory changes, call `prepared.finish` here, then release the plan.
+        Either `prepared.run_here()`, or score `prepared.plan` (when not None) anywhere, even
+        on another thread while this memory changes, call `prepared.finish` here, then
+        release the plan.
         """
         vec = as_vector(query, max_dim=self.config.limits.max_dim)
         chosen = tuple(tiers) if tiers is not None else self.tiers
@@ -1039,6 +1033,16 @@ class PreparedSearch:
     k: int
     plan: SearchPlan | None
     l0_hits: list[SearchHit] | None  # when L0 is searched too (done at preparation)
+
+    def run_here(self) -> list[SearchHit]:
+        """Score on this thread, finish and release: the whole search at once."""
+        plan = self.plan
+        if plan is None:
+            return self.finish(None)
+        try:
+            return self.finish(plan.score())
+        finally:
+            plan.release()
 
     def finish(
         self, scored: tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]] | None

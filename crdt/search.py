@@ -186,6 +186,10 @@ class _Block:
         self.count += 1
         return row
 
+    def freeze(self) -> None:
+        """Hold every stored row as it is until a matching `thaw` (searches nest)."""
+        self.frozen += 1
+
     def thaw(self) -> None:
         """Release one frozen search; the last one stores the vectors replaced meanwhile."""
         self.frozen -= 1
@@ -374,7 +378,7 @@ class VectorIndex:
         candidates = int(np.count_nonzero(mask))
         if candidates == 0:
             return None
-        block.frozen += 1
+        block.freeze()
         return SearchPlan(block, block.vectors[:used], mask, candidates, q, k)
 
     def finish_search(
@@ -407,28 +411,20 @@ class VectorIndex:
         return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[: plan.k]]
 
 
+@dataclass(slots=True)
 class SearchPlan:
-    """A frozen snapshot of one block's rows to score against a query, off the loop if need be."""
+    """A frozen snapshot of one block's rows to score against a query, off the loop if need be.
 
-    __slots__ = ("block", "candidates", "k", "mask", "query", "released", "vectors")
+    The block stays frozen until `release`.
+    """
 
-    def __init__(
-        self,
-        block: _Block,
-        vectors: FloatArray,
-        mask: npt.NDArray[np.bool_],
-        candidates: int,
-        query: FloatArray,
-        k: int,
-    ) -> None:
-        """Hold the rows to score; the block stays frozen until `release`."""
-        self.block = block
-        self.vectors = vectors
-        self.mask = mask
-        self.candidates = candidates
-        self.query = query
-        self.k = k
-        self.released = False
+    block: _Block
+    vectors: FloatArray
+    mask: npt.NDArray[np.bool_]
+    candidates: int
+    query: FloatArray
+    k: int
+    released: bool = False
 
     def score(self) -> tuple[npt.NDArray[np.intp], FloatArray]:
         """Return the rows that can be among the top k (ties included) and every row's score.

@@ -464,13 +464,8 @@ class Mesh:
         async with self._search_turn:
             prepared = self.memory.prepare_search(query, k=k, tiers=tiers)
             plan = prepared.plan
-            if plan is None:
-                return prepared.finish(None)
-            if plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:  # the hop would cost more
-                try:
-                    return prepared.finish(plan.score())
-                finally:
-                    plan.release()
+            if plan is None or plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:
+                return prepared.run_here()  # small: the hop to the thread would cost more
             scoring = asyncio.get_running_loop().run_in_executor(self._search_thread(), plan.score)
             try:
                 scored = await asyncio.shield(scoring)
