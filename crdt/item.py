@@ -583,12 +583,11 @@ def live_record_text(
 
 # --------------------------------------------------------------------------- batch decode
 #
-# `decode_new_records` decodes a slice of new ids' records in one pass. `apply_remote` now
-# takes new ids through `scan_live_records`; this decoder stays as the reference that
-# tests/unit/test_decode_new_records.py holds the scan to. It accepts only the record
-# shapes that `live_record_text` writes and gives None for anything else (`from_record`
-# then raises the usual CorruptRecordError, or decodes the unusual shape). For what it
-# accepts it returns exactly what `from_record` returns; the same test checks that.
+# `apply_remote` takes a slice's new ids through `scan_live_records`: one pattern for the
+# common shape, `_json_live_fields` for the other shapes `live_record_text` writes, None
+# for anything else (`from_record` then raises the usual CorruptRecordError, or decodes
+# the unusual shape). tests/unit/test_decode_new_records.py holds both to `from_record`
+# through a reference batch decoder built on the same helpers.
 
 _LIVE_KEYS = frozenset(
     {"author", "citations", "confidence", "content", "content_hash", "created", "metadata"}
@@ -691,47 +690,6 @@ def _json_live_fields(record: str, stamps: dict[str, Timestamp]) -> tuple[Any, .
     )  # fmt: skip
 
 
-def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[MemoryItem | None]:
-    """Decode `(item_id, record)` pairs as `from_record` does, embeddings in one pass.
-
-    Entry i gives `from_record(item_id, tier, record)` for a live, unmoved record of the
-    shape `live_record_text` writes, else None (then call `from_record`).
-    """
-    out: list[MemoryItem | None] = []
-    ids: list[str] = []
-    fields: list[tuple[Any, ...] | None] = []
-    groups: dict[tuple[EmbeddingCodec, int], list[tuple[int, bytes]]] = {}
-    stamps: dict[str, Timestamp] = {}
-    for index, (item_id, record) in enumerate(entries):
-        out.append(None)
-        ids.append(item_id)
-        values = _json_live_fields(record, stamps)
-        fields.append(values)
-        if values is not None and values[11] is not None:
-            groups.setdefault((values[9], values[10]), []).append((index, values[11]))
-    vectors: dict[int, FloatVector] = {}
-    for (codec, dim), rows in groups.items():
-        matrix = _decode_rows(codec, dim, b"".join(data for _index, data in rows))
-        finite: list[bool] = np.isfinite(matrix).all(axis=1).tolist()  # type: ignore[assignment]
-        for (index, _data), row, ok in zip(rows, matrix, finite, strict=True):
-            if ok:
-                vector = row.copy()
-                vector.flags.writeable = False
-                vectors[index] = vector
-            else:
-                fields[index] = None  # from_record refuses it
-    for index, (item_id, values) in enumerate(zip(ids, fields, strict=True)):
-        if values is None:
-            continue
-        content, content_hash, metadata, tags, citations, confidence = values[:6]
-        created, updated, author, codec = values[6:10]
-        out[index] = new_live_item(
-            item_id, tier, content, content_hash, vectors.get(index), metadata, tags,
-            citations, confidence, created, updated, author, codec,
-        )  # fmt: skip
-    return out
-
-
 # What `live_record_text` writes with no metadata, tags or citations (an initial sync's
 # common shape), as one pattern: JSON strings without escapes or control characters (so
 # their text is their value), numbers in JSON's grammar with ASCII digits only. It stops
@@ -781,7 +739,7 @@ class LiveScan:
 
 
 def scan_live_records(records: Iterable[str]) -> LiveScan:
-    """Accept the records `decode_new_records` decodes, giving what a new id needs of them.
+    """Accept the live records `live_record_text` writes, giving what a new id needs of them.
 
     An accepted record is one for which `from_record` returns a live, unmoved version; its
     columns hold that version's `updated.encode()`, `author` and `embedding` (bit for bit).

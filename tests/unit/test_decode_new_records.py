@@ -1,4 +1,4 @@
-"""`decode_new_records` (the batch decode of a sync slice) equals `from_record` per record.
+"""A reference batch decode of a sync slice, and the scan, equal `from_record` per record.
 
 Records of every shape (live, embedded with each codec, tombstones, moved) and mutated
 records (bad JSON, wrong types, missing or extra keys, bad base64, non-finite vectors,
@@ -12,25 +12,72 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crdt.codecs import EmbeddingCodec
+from crdt.codecs import EmbeddingCodec, FloatVector
 from crdt.errors import CorruptRecordError
 from crdt.hlc import Timestamp
 from crdt.item import (
     Limits,
     MemoryItem,
+    _decode_rows,
+    _json_live_fields,
     build_item,
-    decode_new_records,
     from_record,
+    new_live_item,
     scan_live_records,
     to_record,
     tombstone,
 )
+
+
+# The batch decode `apply_remote` used before `scan_live_records` (PERFORMANCE.md section
+# 7), kept here as the reference the scan is held to: built on the scan's own JSON checks.
+def decode_new_records(tier: str, entries: Iterable[tuple[str, str]]) -> list[MemoryItem | None]:
+    """Decode `(item_id, record)` pairs as `from_record` does, embeddings in one pass.
+
+    Entry i gives `from_record(item_id, tier, record)` for a live, unmoved record of the
+    shape `live_record_text` writes, else None (then call `from_record`).
+    """
+    out: list[MemoryItem | None] = []
+    ids: list[str] = []
+    fields: list[tuple[Any, ...] | None] = []
+    groups: dict[tuple[EmbeddingCodec, int], list[tuple[int, bytes]]] = {}
+    stamps: dict[str, Timestamp] = {}
+    for index, (item_id, record) in enumerate(entries):
+        out.append(None)
+        ids.append(item_id)
+        values = _json_live_fields(record, stamps)
+        fields.append(values)
+        if values is not None and values[11] is not None:
+            groups.setdefault((values[9], values[10]), []).append((index, values[11]))
+    vectors: dict[int, FloatVector] = {}
+    for (codec, dim), rows in groups.items():
+        matrix = _decode_rows(codec, dim, b"".join(data for _index, data in rows))
+        finite: list[bool] = np.isfinite(matrix).all(axis=1).tolist()  # type: ignore[assignment]
+        for (index, _data), row, ok in zip(rows, matrix, finite, strict=True):
+            if ok:
+                vector = row.copy()
+                vector.flags.writeable = False
+                vectors[index] = vector
+            else:
+                fields[index] = None  # from_record refuses it
+    for index, (item_id, values) in enumerate(zip(ids, fields, strict=True)):
+        if values is None:
+            continue
+        content, content_hash, metadata, tags, citations, confidence = values[:6]
+        created, updated, author, codec = values[6:10]
+        out[index] = new_live_item(
+            item_id, tier, content, content_hash, vectors.get(index), metadata, tags,
+            citations, confidence, created, updated, author, codec,
+        )  # fmt: skip
+    return out
+
 
 TIER = "L3"
 TEXT = st.text(max_size=12)
