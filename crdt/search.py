@@ -96,7 +96,8 @@ class _Block:
         # Searches scoring a snapshot of rows [0, used) off the event loop: while any runs,
         # no stored row is written, so the snapshot stays intact. A freed row is not reused
         # meanwhile, and a replaced vector waits in `replaced` (row -> normalised vector),
-        # stored when the last search releases the block; searches score it from there.
+        # stored when the last search releases the block; `finish_search` scores it from
+        # there, also for a plan made while it waits.
         self.frozen = 0
         self.replaced: dict[int, FloatArray] = {}
 
@@ -384,31 +385,45 @@ class VectorIndex:
     def finish_search(
         self, plan: SearchPlan, rows: npt.NDArray[np.intp], scores: FloatArray
     ) -> list[SearchHit]:
-        """Return the hits of scored rows (before `plan.release()`), best first.
+        """Return the top k of the plan's rows as they are now (before `plan.release()`).
 
-        A row whose item left meanwhile is skipped; one whose vector was replaced meanwhile
-        is scored again with its new vector.
+        A row whose item left meanwhile is skipped, and one whose vector was replaced (now
+        or before the plan, while another plan held the block) is scored with its new
+        vector; if either touches the plan's rows, the top k is picked again from every
+        row's score. Items added after the plan are not among the hits.
         """
         if plan.released:
             raise RuntimeError("finish_search after plan.release(): rows may have been reused")
         block = plan.block
         live, keys, replaced = block.live, block.keys, block.replaced
-        cut = float(scores[rows].min()) if len(rows) else 0.0  # the snapshot's k-th score
-        ranked = []
-        for row in rows.tolist():
-            key = keys[row]
-            if key is None or not live[row]:  # left meanwhile (its row is not reused yet)
-                continue
-            new = replaced.get(row)
-            if new is None:
-                score = float(scores[row])
-            else:  # replaced meanwhile: it keeps its place only if it still earns it
-                score = float(new @ plan.query)
-                if score < cut:
-                    continue
-            ranked.append((-score, *key))
+        used = scores.shape[0]
+        changed = [row for row in replaced if row < used and plan.mask[row]]
+        if changed or not live[rows].all():  # rare: a change raced the search
+            current = plan.mask & live[:used]
+            scores = scores.copy()
+            np.putmask(scores, ~current, -np.inf)
+            for row in changed:
+                scores[row] = float(replaced[row] @ plan.query)
+            rows = _top_rows(scores, current, int(np.count_nonzero(current)), plan.k)
+        ranked = [(-float(scores[row]), *keys[row]) for row in rows.tolist() if live[row]]
         ranked.sort()
         return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[: plan.k]]
+
+
+def _top_rows(
+    scores: FloatArray, mask: npt.NDArray[np.bool_], candidates: int, k: int
+) -> npt.NDArray[np.intp]:
+    """Return the rows of `mask` that can be among the top k scores, ties at the k-th included.
+
+    Rows outside `mask` must score -inf.
+    """
+    if k >= candidates:
+        return np.flatnonzero(mask)
+    used = scores.shape[0]
+    top = np.argpartition(scores, used - k)[used - k :]
+    # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
+    # (tier, item_id) tie-break is deterministic.
+    return np.flatnonzero(scores >= scores[top].min())
 
 
 @dataclass(slots=True)
@@ -431,17 +446,10 @@ class SearchPlan:
 
         Reads only the snapshot: safe on another thread (numpy's matmul releases the GIL).
         """
-        used = self.vectors.shape[0]
         scores: FloatArray = self.vectors @ self.query
-        if self.candidates < used:
+        if self.candidates < scores.shape[0]:
             np.putmask(scores, ~self.mask, -np.inf)
-        k = self.k
-        if k >= self.candidates:
-            return np.flatnonzero(self.mask), scores
-        top = np.argpartition(scores, used - k)[used - k :]
-        # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
-        # (tier, item_id) tie-break is deterministic.
-        return np.flatnonzero(scores >= scores[top].min()), scores
+        return _top_rows(scores, self.mask, self.candidates, self.k), scores
 
     def release(self) -> None:
         """Unfreeze the block (idempotent): its free rows may be reused again."""

@@ -456,17 +456,25 @@ class Mesh:
         """Return the k nearest live items by cosine similarity, best first.
 
         A large index is scored on a search thread (numpy releases the GIL there), so the
-        event loop goes on serving frames and timers meanwhile. One search is scored at a
-        time; the others wait, unplanned, for their turn. Items added while a search is
-        scored are not in its hits; items deleted meanwhile are left out.
+        event loop goes on serving frames and timers meanwhile. Searches take turns: the
+        others wait, unplanned (a cancelled search may still be scoring on the thread while
+        the next is planned). Items added while a search is scored are not in its hits;
+        items deleted meanwhile are left out, and replaced vectors are scored anew.
         """
         self._running()  # a closed node has no search thread
         async with self._search_turn:
+            self._running()  # closed while this search waited for its turn
             prepared = self.memory.prepare_search(query, k=k, tiers=tiers)
             plan = prepared.plan
             if plan is None or plan.vectors.size < SEARCH_OFF_LOOP_ELEMENTS:
                 return prepared.run_here()  # small: the hop to the thread would cost more
-            scoring = asyncio.get_running_loop().run_in_executor(self._search_thread(), plan.score)
+            try:
+                scoring = asyncio.get_running_loop().run_in_executor(
+                    self._search_thread(), plan.score
+                )
+            except BaseException:
+                plan.release()
+                raise
             try:
                 scored = await asyncio.shield(scoring)
             except asyncio.CancelledError:

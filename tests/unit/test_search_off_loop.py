@@ -44,16 +44,47 @@ def test_changes_made_while_a_plan_is_scored_neither_tear_it_nor_leak_into_it() 
     index.upsert("L3", "new", query)
     hits = [h.item_id for h in index.finish_search(plan, *plan.score())]
     plan.release()
-    # The snapshot's top 5, less the deleted one and the one whose new vector no longer
-    # earns a place; nothing torn, nothing added meanwhile.
-    assert hits == before[2:5]
-    unchanged = {i: r for i, r in zip(ids, rows, strict=True) if i not in {"i199", *before[:2]}}
-    assert brute_force(unchanged, query, 3) == hits
+    # The top 5 of the snapshot's items as they are at the finish: the deleted one left
+    # out, the replaced one scored with its new vector (too far now), the next best moved
+    # up so that there are still 5; nothing torn, nothing added meanwhile.
+    assert hits[:3] == before[2:5] and len(hits) == 5
+    now = {i: r for i, r in zip(ids, rows, strict=True) if i not in {"i199", before[0]}}
+    now[before[1]] = -rows[7]
+    assert brute_force(now, query, 5) == hits
     # Released: the replaced vector is stored, and a fresh search sees every change.
     assert [h.item_id for h in index.search(query, k=1)] == ["new"]
     assert [h.item_id for h in index.search(-rows[7], k=1)] == [before[1]]
     with pytest.raises(RuntimeError, match=r"after plan\.release"):
         index.finish_search(plan, *plan.score())
+
+
+def test_a_vector_replaced_during_the_scoring_keeps_its_place_if_it_still_earns_it() -> None:
+    index = VectorIndex()
+    index.upsert_many("L1", ["a", "b", "c"], np.eye(3, dtype=np.float32))
+    query = np.array([1.0, 0.5, 0.4])
+    plan = index.plan_search(query, k=10)
+    assert plan is not None
+    index.upsert("L1", "c", [-1.0, 0.0, 0.1])  # now scores below every snapshot score
+    hits = index.finish_search(plan, *plan.score())
+    plan.release()
+    assert [h.item_id for h in hits] == ["a", "b", "c"]  # k=10: every live item
+    expected = (
+        float(query @ [-1.0, 0.0, 0.1]) / np.linalg.norm(query) / np.linalg.norm([-1, 0, 0.1])
+    )
+    assert hits[2].score == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_search_planned_while_another_holds_the_block_sees_a_finished_write() -> None:
+    index = VectorIndex()
+    index.upsert_many("L1", ["a", "b", "c"], np.eye(3, dtype=np.float32))
+    held = index.plan_search([0.0, 1.0, 0.0], k=1)  # scoring on a thread, say
+    assert held is not None
+    index.upsert("L1", "c", [1.0, 0.2, 0.0])  # done: its vector waits in `replaced`
+    query = [1.0, 0.3, 0.0]  # c's new vector is the nearest, its old one the farthest
+    assert [h.item_id for h in index.search(query, k=1)] == ["c"]
+    assert [h.item_id for h in index.search(query, k=3)] == ["c", "a", "b"]
+    held.release()
+    assert [h.item_id for h in index.search(query, k=3)] == ["c", "a", "b"]
 
 
 def test_no_stored_row_is_written_while_a_plan_is_frozen() -> None:
@@ -126,3 +157,33 @@ async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_
         assert block.frozen == 0
     with pytest.raises(RuntimeError, match="closed"):
         await mesh.search([1.0, 0.0])
+
+
+async def test_a_search_waiting_for_its_turn_at_close_fails_and_starts_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "SEARCH_OFF_LOOP_ELEMENTS", 0)
+    started, gate = threading.Event(), threading.Event()
+    score = SearchPlan.score
+
+    def slow_score(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+        started.set()
+        assert gate.wait(timeout=10)
+        return score(plan)
+
+    monkeypatch.setattr(SearchPlan, "score", slow_score)
+    mesh = Mesh.open(tmp_path)
+    await mesh.__aenter__()
+    await mesh.put("L3", "x", id="x", embedding=[1.0, 0.0])
+    first = asyncio.create_task(mesh.search([1.0, 0.0]))
+    assert await asyncio.to_thread(started.wait, 10)
+    second = asyncio.create_task(mesh.search([0.0, 1.0]))  # waits for its turn
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(mesh.__aexit__(None, None, None))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await closing
+    assert [h.item_id for h in await first] == ["x"]
+    with pytest.raises(RuntimeError, match="closed"):
+        await second
+    assert mesh._searcher is None  # no thread pool was made after close
