@@ -325,7 +325,8 @@ class TieredMemory:
                 step = max(1, _CHUNK_ELEMENTS // dim)
                 for start in range(0, len(indices), step):
                     part = indices[start : start + step]
-                    matrix = np.array([vectors[i] for i in part], dtype=np.float32)
+                    with np.errstate(over="ignore"):  # past float32's range: refused below
+                        matrix = np.array([vectors[i] for i in part], dtype=np.float32)
                     quantised = quantise_rows(matrix, codec)
                     if quantised is None:
                         return None

@@ -16,6 +16,7 @@ from crdt.codecs import (
     max_abs_error,
 )
 from crdt.errors import InvalidItemError
+from crdt.memory import NewItem, TieredMemory
 
 F32, F16, I8 = EmbeddingCodec.F32, EmbeddingCodec.F16, EmbeddingCodec.I8
 
@@ -72,6 +73,15 @@ def test_as_vector_rejects_bad_embeddings(values: object) -> None:
 def test_a_value_past_float32_range_is_named_in_the_error() -> None:
     with pytest.raises(InvalidItemError, match="past float32's range"):
         as_vector([1.0, 1e40])
+
+
+@pytest.mark.filterwarnings("error")  # numpy's overflow warning would fail the test
+def test_a_float64_array_past_float32_range_is_refused_quietly_on_the_batch_path() -> None:
+    memory = TieredMemory(node_id="0123456789abcdef", client_ids={"L1": 1, "L2": 2, "L3": 3})
+    item = NewItem(tier="L1", content="x", id="a", embedding=np.array([1.0, 1e40]))
+    with pytest.raises(InvalidItemError, match="past float32's range"):
+        memory.put_many([item], 1_000)
+    assert memory.count("L1") == 0
 
 
 def test_as_vector_respects_custom_max_dim() -> None:
