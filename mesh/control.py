@@ -18,6 +18,11 @@ from typing import Any
 SOCKET_NAME = "control.sock"
 MAX_SOCKET_PATH_BYTES = 107  # sun_path on Linux, less its terminating NUL
 MAX_REQUEST_BYTES = 64 << 20
+_CLOSED_UNANSWERED = (
+    "the daemon closed the connection before answering; a write sent may have taken "
+    "effect: read it back before writing it again"
+)
+ANSWER_GRACE_S = 5.0  # at shutdown, how long a request being answered may still take
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -55,7 +60,15 @@ def check_socket_path(data_dir: Path) -> Path:
 
 
 class ControlServer:
-    """Serves requests to `handler(request) -> result` on the data directory's socket."""
+    """Serves requests to `handler(request) -> result` on the data directory's socket.
+
+    Shutdown is in two steps, so that no client is left without the answer to a request
+    it sent: `stop_accepting()` closes the listener and every idle connection, while a
+    request being answered is answered (then its connection closes); leaving the context
+    waits up to ANSWER_GRACE_S for those answers, then closes what is left. A daemon stops
+    accepting, then stops its node (which fails the writes still waiting for acks, with
+    `applied=True`), then leaves the context.
+    """
 
     def __init__(self, data_dir: Path, handler: Handler) -> None:
         """Prepare to listen on `data_dir/control.sock`; raise ControlError if too long."""
@@ -63,6 +76,9 @@ class ControlServer:
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._answering: set[asyncio.StreamWriter] = set()
+        self._answered = asyncio.Event()  # set whenever an answer was written
+        self._closing = False
 
     async def __aenter__(self) -> ControlServer:
         """Start listening (a stale socket file from a crashed daemon is replaced)."""
@@ -78,14 +94,27 @@ class ControlServer:
         os.chmod(self._path, 0o600)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        """Stop listening, close every client's connection and remove the socket file."""
+    def stop_accepting(self) -> None:
+        """Take no new connection or request; close idle connections (idempotent)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-            # A kept-open client idles in our readline: close it, or wait_closed (which
-            # waits for every connection from Python 3.12 on) would never return.
-            for writer in list(self._clients):
-                writer.close()
+        for writer in self._clients - self._answering:
+            writer.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop accepting, let answers in progress finish (bounded), close, remove the socket."""
+        self.stop_accepting()
+        if self._answering:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANSWER_GRACE_S):
+                    while self._answering:
+                        self._answered.clear()
+                        await self._answered.wait()
+        for writer in list(self._clients):
+            writer.close()
+        if self._server is not None:
+            # wait_closed waits for every connection from Python 3.12 on: all are closed.
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
@@ -93,7 +122,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
         try:
-            while True:
+            while not self._closing:  # accepted just as the server stopped: closed at once
                 try:
                     line = await reader.readline()
                 except ValueError:  # over MAX_REQUEST_BYTES: say so, then drop the connection
@@ -101,10 +130,15 @@ class ControlServer:
                     writer.write(_reply_line({"ok": False, "error": error, "type": "ValueError"}))
                     await writer.drain()
                     return
-                if not line:
+                if not line or self._closing:
                     return
-                writer.write(_reply_line(await self._answer(line)))
-                await writer.drain()
+                self._answering.add(writer)
+                try:
+                    writer.write(_reply_line(await self._answer(line)))
+                    await writer.drain()
+                finally:
+                    self._answering.discard(writer)
+                    self._answered.set()
         except ConnectionError:
             pass
         finally:
@@ -193,13 +227,13 @@ class ControlClient:
             while b"\n" not in self._buffer:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
-                    raise ControlError("the daemon closed the connection")
+                    raise ControlError(_CLOSED_UNANSWERED)
                 self._buffer += chunk
             line, _, self._buffer = self._buffer.partition(b"\n")
             reply = json.loads(line)
         except ConnectionError as exc:  # reset or broken pipe: the daemon went away
             self.close()
-            raise ControlError(f"the daemon closed the connection ({exc})") from None
+            raise ControlError(f"{_CLOSED_UNANSWERED} ({exc})") from None
         except BaseException:
             self.close()  # the reply to this request may still come: never read it as another's
             raise

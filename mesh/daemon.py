@@ -168,7 +168,7 @@ class Daemon:
                 async with (
                     discovery,
                     static or contextlib.nullcontext(),
-                    ControlServer(options.data_dir, self.handle),
+                    ControlServer(options.data_dir, self.handle) as control,
                 ):
                     # Start the node's timers (hub election included) once discovery had a
                     # chance to find the mesh: a node whose boot wait ran out before it saw
@@ -192,6 +192,11 @@ class Daemon:
                         await maintenance
                     if metrics is not None:
                         metrics.close()
+                    # Requests being answered get their answer: a write waiting for a peer's
+                    # ack fails when the node stops (applied=True, do not write it again),
+                    # instead of its client seeing the connection close.
+                    control.stop_accepting()
+                    await runtime.close()
                 mesh.attach(None)
 
     async def compact_periodically(self, mesh: Mesh) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from crdt.item import InvalidItemError
-from mesh import control_ops
+from mesh import control, control_ops
 from mesh.api import Mesh
 from mesh.control import ControlClient, ControlError, call
 from mesh.daemon import Daemon, DaemonOptions
@@ -124,6 +124,61 @@ async def test_a_daemon_stops_while_a_kept_open_client_idles(tmp_path: Path) -> 
         client.call("status")  # the daemon closed it; nothing answers any more
     with pytest.raises(ControlError, match="open a new ControlClient"):
         client.call("status")
+
+
+async def test_a_write_waiting_for_its_ack_when_the_daemon_stops_gets_its_answer(
+    tmp_path: Path,
+) -> None:
+    init_node(tmp_path)  # alone: the `peer` ack never comes
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        with ControlClient(tmp_path, timeout=30.0) as client:
+            try:
+                client.put("L1", "kept", id="kept", ack="peer", timeout_s=60)
+            except ControlError as exc:
+                outcome.append(exc)
+
+    async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))) as daemon:
+        writer = asyncio.create_task(asyncio.to_thread(write))
+        assert daemon.mesh is not None
+        for _ in range(500):  # until the write is stored and waits for its ack
+            if daemon.mesh.memory.count("L1"):
+                break
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+    await writer
+    assert time.monotonic() - began < 5.0  # not the write's 60 s
+    (error,) = outcome
+    assert isinstance(error, ControlError)
+    assert error.type == "WriteError" and error.applied is True, error
+    assert "node stopped" in str(error)
+    async with Mesh.open(tmp_path) as mesh:
+        assert (await mesh.get("kept")).content == "kept"
+
+
+async def test_an_answer_that_never_comes_holds_the_shutdown_only_for_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "ANSWER_GRACE_S", 0.2)
+    started = asyncio.Event()
+
+    async def stuck(request: dict[str, Any]) -> Any:
+        started.set()
+        await asyncio.Event().wait()
+
+    def ask() -> ControlError:
+        with ControlClient(tmp_path, timeout=10.0) as client, pytest.raises(ControlError) as cut:
+            client.call("anything")
+        return cut.value
+
+    async with control.ControlServer(tmp_path, stuck):
+        asking = asyncio.create_task(asyncio.to_thread(ask))
+        await asyncio.wait_for(started.wait(), timeout=10)
+        began = time.monotonic()
+    assert time.monotonic() - began < 2.0
+    error = await asking
+    assert "before answering" in str(error) and "read it back" in str(error)
 
 
 # --- the client's reading of replies, against a scripted server --------------------------
