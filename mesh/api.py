@@ -147,8 +147,10 @@ class Mesh:
             raise
         if not self._committer.failing:  # else they wait: a read must leave no write behind
             collected = memory.collect_tombstones(wall_ms())
-            with contextlib.suppress(StoreFullError):  # kept in the backlog, retried
-                await self._commit(collected)
+            # On a full disk it waits in the backlog, retried with the next write; if
+            # nothing else is written, close drops it (the next open collects again).
+            with contextlib.suppress(StoreFullError):
+                await self._running().commit(collected, droppable=True)
 
     def _load(self, store: SqliteStore) -> tuple[TieredMemory, dict[str, str]]:
         """Build the memory core from the store (runs on the store thread); write nothing.
@@ -572,9 +574,7 @@ class Mesh:
     async def _compact_if_needed(
         self, committer: GroupCommitter, due: Callable[[TierStoreStats], bool]
     ) -> dict[str, int]:
-        if self._memory is None or committer.failing:
-            # A snapshot is taken from memory: it would put a failed change (and its clock
-            # ceiling, or the open's carried rows) on disk ahead of its own commit.
+        if self._memory is None:
             return {}
         memory = self._memory
         await committer.flush()
@@ -587,6 +587,13 @@ class Mesh:
             # Bound first, snapshot second: every row up to the bound was applied to memory
             # before it was committed, so the snapshot holds it; later rows stay as rows.
             upto = await committer.run(functools.partial(SqliteStore.last_update_id, tier=tier))
+            # Never while a commit fails (one may have failed during those awaits): the
+            # snapshot, taken from memory, would put the failed change (and its clock
+            # ceiling, or the open's carried rows) on disk ahead of its own commit. After
+            # this flush nothing is awaited until the compaction is on the store thread.
+            await committer.flush()
+            if committer.failing:
+                break
             snapshot = memory.tier_doc(tier).encode_diff()
             removed[tier] = await committer.run(
                 functools.partial(SqliteStore.compact, tier=tier, snapshot=snapshot, upto_id=upto)

@@ -29,6 +29,7 @@ RETRY_AFTER_S = 1.0  # a failed commit with nothing queued after it is retried t
 class _Pending:
     change: Change
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    droppable: bool = False  # made again at the next open (a tombstone collection)
 
 
 class GroupCommitter:
@@ -98,13 +99,17 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, self._store)
 
-    async def commit(self, change: Change) -> None:
-        """Persist `change` durably; return once committed, raise StoreError if it failed."""
+    async def commit(self, change: Change, *, droppable: bool = False) -> None:
+        """Persist `change` durably; return once committed, raise StoreError if it failed.
+
+        A `droppable` change is one the next open makes again (a tombstone collection): if
+        it is all that still waits when `close` retries and fails, it is dropped.
+        """
         if change.empty and not change.events:
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._queue.append(_Pending(change, [waiter]))
+        self._queue.append(_Pending(change, [waiter], droppable))
         self._start_flush()
         await waiter
 
@@ -135,7 +140,7 @@ class GroupCommitter:
                 await writing
             except Exception as exc:
                 # Keep the updates for the next attempt; tell only this batch's writers.
-                self._backlog = [_Pending(p.change) for p in batch]
+                self._backlog = [_Pending(p.change, droppable=p.droppable) for p in batch]
                 self._durable.clear()
                 for pending in batch:
                     for waiter in pending.waiters:
@@ -198,7 +203,8 @@ class GroupCommitter:
 
         A failed retry raises; its changes stay in `backlog`, since nothing wrote them.
         Carried meta with no change to go with it is retried once and dropped if it fails:
-        nothing on disk or sent depends on it.
+        nothing on disk or sent depends on it. So are droppable changes with nothing else
+        (a tombstone collection at open): a read leaves no error behind on a full disk.
         """
         self._closing = True
         if self._retry is not None:
@@ -208,9 +214,13 @@ class GroupCommitter:
             await self.flush()
             loop = asyncio.get_running_loop()
             if self._backlog:
-                await loop.run_in_executor(
-                    self._executor, _write_batch, self._store, self._backlog, self._carried_meta
-                )
+                try:
+                    await loop.run_in_executor(
+                        self._executor, _write_batch, self._store, self._backlog, self._carried_meta
+                    )
+                except Exception:
+                    if not all(p.droppable for p in self._backlog):
+                        raise
                 self._backlog = []
                 self._carried_meta = {}
                 self._durable.set()

@@ -200,3 +200,55 @@ async def test_a_node_opened_on_a_full_disk_sends_replica_data_only_once_its_row
                 mesh.attach(None)
     async with Mesh.open(tmp_path) as mesh:
         assert (await mesh.get("c")).content == "urgent"
+
+
+async def test_a_collection_that_fails_after_the_open_rows_landed_is_dropped_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Almost full: the open's small meta commit fits, the tombstone collection does not.
+    config = no_tombstone_retention()
+    async with Mesh.open(tmp_path, config=config) as mesh:
+        await mesh.put("L1", "deleted", id="gone")
+        await mesh.put("L1", "kept", id="kept")
+        await mesh.delete("gone")
+    original = SqliteStore.commit
+
+    def commit(self: SqliteStore, **kwargs: Any) -> None:
+        if kwargs.get("updates"):
+            raise StoreFullError(f"{self.path}: database or disk is full")
+        original(self, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SqliteStore, "commit", commit)
+        async with Mesh.open(tmp_path, config=config) as mesh:  # close must not raise
+            assert (await mesh.get("kept")).content == "kept"
+            assert mesh._running().failing  # the collection waits: nothing replica leaves
+    async with Mesh.open(tmp_path, config=config) as mesh:  # collected again, with space
+        assert dict(mesh.memory.tier_doc("L1").versions("gone")) == {}
+        assert (await mesh.get("kept")).content == "kept"
+
+
+async def test_a_write_failing_while_the_compaction_waits_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await stored_before(tmp_path)
+    async with Mesh.open(tmp_path) as mesh:
+        committer = mesh._running()
+        run = committer.run
+        failed: list[BaseException] = []
+
+        async def run_then_fail_a_write(fn: Any) -> Any:
+            result = await run(fn)
+            if not failed:  # a writer's commit fails while compact() awaits the store
+                with disk_full(monkeypatch), pytest.raises(StoreFullError) as error:
+                    await mesh.put("L1", "failed meanwhile", id="failed")
+                failed.append(error.value)
+            return result
+
+        monkeypatch.setattr(committer, "run", run_then_fail_a_write)
+        assert await mesh.compact() == {}  # the snapshot would hold the failed write
+        assert failed and committer.failing
+        monkeypatch.setattr(committer, "run", run)
+        await mesh.put("L1", "carries it", id="after")
+    async with Mesh.open(tmp_path) as mesh:
+        assert (await mesh.get("failed")).content == "failed meanwhile"
