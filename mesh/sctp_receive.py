@@ -42,9 +42,6 @@ EXPECTED: Final = {
     "RTCSctpTransport._receive_forward_tsn_chunk": "a7b72a09e9c4bb20",
 }
 
-_state: dict[str, bool] = {}
-
-
 def source_hashes() -> dict[str, str] | None:
     """Return the short sha256 of each function in EXPECTED's source, or None if unreadable."""
     out: dict[str, str] = {}
@@ -90,19 +87,19 @@ class _QuickInboundStream(rtcsctptransport.InboundStream):
 
 
 def install() -> bool:
-    """Install the tweak once if aiortc's code is the expected one; return whether it is on."""
-    if "on" in _state:
-        return _state["on"]
-    hashes = source_hashes()
-    on = hashes == EXPECTED
-    if on:
-        rtcsctptransport.InboundStream = _QuickInboundStream  # type: ignore[misc]
-    else:
+    """Install the tweak if aiortc's code is the expected one; return whether it is on.
+
+    The state is aiortc's own: its module names our stream class once installed.
+    """
+    if installed():
+        return True
+    if source_hashes() != EXPECTED:
         log.info("aiortc's SCTP receive path differs from the expected one: tweak not installed")
-    _state["on"] = on
-    return on
+        return False
+    rtcsctptransport.InboundStream = _QuickInboundStream  # type: ignore[misc]
+    return True
 
 
 def installed() -> bool:
     """Return True if the tweak is in place."""
-    return _state.get("on", False) and rtcsctptransport.InboundStream is _QuickInboundStream
+    return rtcsctptransport.InboundStream is _QuickInboundStream

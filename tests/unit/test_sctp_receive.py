@@ -75,7 +75,6 @@ def test_a_rescan_is_skipped_only_when_nothing_can_pop() -> None:
 
 
 def test_install_refuses_changed_aiortc_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sctp_receive, "_state", {})
     monkeypatch.setattr(sctp, "InboundStream", ORIGINAL)
     changed = dict(sctp_receive.EXPECTED, **{"InboundStream.add_chunk": "0" * 16})
     monkeypatch.setattr(sctp_receive, "EXPECTED", changed)
@@ -85,7 +84,6 @@ def test_install_refuses_changed_aiortc_code(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_install_on_the_expected_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sctp_receive, "_state", {})
     monkeypatch.setattr(sctp, "InboundStream", ORIGINAL)
     assert sctp_receive.source_hashes() == sctp_receive.EXPECTED, "aiortc changed: re-check"
     assert sctp_receive.install() is True
