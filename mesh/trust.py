@@ -349,7 +349,11 @@ class SignalingVerifier:
         self._capacity = nonce_capacity
         self._seen: dict[tuple[str, str], int] = {}
         self._by_time: list[tuple[int, str, str]] = []
-        self._floor = -1  # highest timestamp of a forgotten nonce; at or below it is refused
+        # Per sender: the highest timestamp of a nonce forgotten while still fresh (the cache
+        # was full); that sender's messages at or below it are refused. Per sender, so that
+        # one member flooding the cache (with future-dated hellos, say) cannot push every
+        # other member's fresh offers under a shared floor.
+        self._floors: dict[str, int] = {}
         self.refusals: dict[str, int] = dict.fromkeys(REASONS, 0)
 
     def _refuse(self, reason: str) -> NoReturn:
@@ -357,11 +361,15 @@ class SignalingVerifier:
         self.refusals[reason] += 1
         raise SignalingRefused(reason)
 
-    def _forget_oldest(self) -> None:
-        """Drop the nonce with the oldest timestamp, raising the replay floor to it."""
+    def _forget_oldest(self, now_ms: int) -> None:
+        """Drop the nonce with the oldest timestamp; if still fresh, raise its sender's floor."""
         ts, sender, nonce = heapq.heappop(self._by_time)
         del self._seen[(sender, nonce)]
-        self._floor = max(self._floor, ts)
+        if ts >= now_ms - self._window:  # a stale one needs no floor: "stale" refuses it
+            self._floors[sender] = max(self._floors.get(sender, ts), ts)
+        if len(self._floors) > self._capacity:  # bounded too: drop floors gone stale
+            horizon = now_ms - self._window
+            self._floors = {s: f for s, f in self._floors.items() if f >= horizon}
 
     def verify(self, data: bytes, now_ms: int) -> SignalingMessage:
         """Return the verified message, or raise SignalingRefused naming the first failed check."""
@@ -388,14 +396,14 @@ class SignalingVerifier:
         if msg.timestamp_ms > now_ms + self._window:
             self._refuse("future")
         while self._by_time and self._by_time[0][0] < now_ms - self._window:
-            self._forget_oldest()
+            self._forget_oldest(now_ms)
         key = (msg.sender, msg.nonce)
-        if key in self._seen or msg.timestamp_ms <= self._floor:
+        if key in self._seen or msg.timestamp_ms <= self._floors.get(msg.sender, -1):
             self._refuse("replay")
         if not _fingerprint_ok(msg):
             self._refuse("fingerprint-mismatch")
         while len(self._seen) >= self._capacity:
-            self._forget_oldest()
+            self._forget_oldest(now_ms)
         self._seen[key] = msg.timestamp_ms
         heapq.heappush(self._by_time, (msg.timestamp_ms, msg.sender, msg.nonce))
         return msg

@@ -53,6 +53,7 @@ CONNECT_TIMEOUT_S: Final = 4.0  # a LAN link is up in ~0.1 s; a dead host must n
 ACCEPT_TIMEOUT_S: Final = 15.0  # an answered offer must become a link within this
 GLARE_GRACE_S: Final = 1.0  # the losing side of a glare waits this long for the winner's offer
 CLOSED_KEPT: Final = 1024  # LinkInfo of closed links kept for `links()`
+MAX_REMEMBERED_SIGNALS: Final = 4096  # peers whose newest signal timestamp is remembered
 CHANNELS: Final = ("sync", "urgent")
 RECEIVE_BUFFER_BYTES: Final = 4 << 20  # per UDP socket of a link (see _enlarge_receive_buffers)
 
@@ -220,6 +221,10 @@ class WebRtcTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()
         self._refusals: Counter[str] = Counter()
+        # Per peer, the newest timestamp of its verified offers and answers: an offer signed
+        # before one we already acted on is a replay (e.g. captured before our restart, when
+        # the verifier's nonce cache was empty), and must not tear down the live link.
+        self._newest_signal: dict[str, int] = {}
         self._state = "new"
         # Test hook: rewrites each sealed offer before it is sent (e.g. to tamper with it).
         self.outgoing_signal_hook: Callable[[bytes], bytes] | None = None
@@ -536,6 +541,7 @@ class WebRtcTransport:
                 self._refuse(link.address, "unexpected-answer")
                 self._drop(link, ConnectRefused, f"answer from {answer.sender}, not the peer")
                 return
+            self._note_signal(answer.sender, answer.timestamp_ms)
             link.tiers, link.profile = answer.tiers, answer.profile
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         except asyncio.CancelledError:
@@ -562,6 +568,10 @@ class WebRtcTransport:
         if offer.kind != "offer" or peer_id == self.node_id:
             self._refuse(address, "unexpected-offer")
             return None
+        if offer.timestamp_ms <= self._newest_signal.get(peer_id, -1):
+            self._refuse(address, "replay")  # older than a signal of that peer we acted on
+            return None
+        self._note_signal(peer_id, offer.timestamp_ms)
         existing = self._links.get(peer_id)
         if existing is not None:
             if existing.role == "dial" and existing.state == "connecting":
@@ -590,6 +600,15 @@ class WebRtcTransport:
             return None
         link.task = self._spawn(self._expire(link, ACCEPT_TIMEOUT_S))
         return answer
+
+    def _note_signal(self, peer_id: str, timestamp_ms: int) -> None:
+        """Remember the newest signed timestamp acted on from `peer_id` (bounded)."""
+        self._newest_signal[peer_id] = max(timestamp_ms, self._newest_signal.get(peer_id, -1))
+        if len(self._newest_signal) > MAX_REMEMBERED_SIGNALS:
+            # Only members with thousands of keys get here: forget the oldest half (an
+            # offer older than the verifier's window is refused as stale anyway).
+            keep = sorted(self._newest_signal.items(), key=lambda kv: kv[1])
+            self._newest_signal = dict(keep[len(keep) // 2 :])
 
     async def _expire(self, link: _Link, after: float) -> None:
         await asyncio.sleep(after)

@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from mesh import signaling_server
 from mesh.identity import NodeIdentity
 from mesh.trust import MeshCredentials
 from mesh.webrtc import ConnectError, WebRtcTransport
@@ -66,10 +67,18 @@ class Child:
             on_frame=self.frame,
             on_refused=lambda address, reason: emit("refused", address=address, reason=reason),
         )
-        if tampering:
-            self.transport.outgoing_signal_hook = tamper
+        self.sent_offers: list[bytes] = []  # as they left, for the `replay` command
+        self.transport.outgoing_signal_hook = self.record_offer
+        self.tampering = tampering
         self.pending: dict[bytes, asyncio.Future[float]] = {}
         self.burst_arrivals: list[int] = []
+
+    def record_offer(self, sealed: bytes) -> bytes:
+        """Keep each sealed offer as sent (tampered with under --tamper)."""
+        if self.tampering:
+            sealed = tamper(sealed)
+        self.sent_offers.append(sealed)
+        return sealed
 
     def frame(self, peer: str, data: bytes) -> None:
         """Echo requests; complete round trips for replies."""
@@ -165,6 +174,15 @@ class Child:
             await self.echo(cmd["peer"], cmd["count"], cmd["big"])
         elif name == "burst":
             await self.burst(cmd["peer"], cmd["count"], cmd["size"])
+        elif name == "replay":  # send an offer this child sent before, as an attacker would
+            try:
+                answer = await signaling_server.exchange(
+                    cmd["address"], cmd["port"], self.sent_offers[cmd["index"]]
+                )
+            except (OSError, TimeoutError) as exc:
+                emit("replayed", answered=False, error=repr(exc))
+            else:
+                emit("replayed", answered=answer is not None)
         elif name == "disconnect":
             self.transport.disconnect(cmd["peer"])
             emit("disconnected", peer=cmd["peer"])

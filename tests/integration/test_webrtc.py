@@ -331,6 +331,32 @@ def test_restarted_peer_replaces_its_stale_link(lan: netlab.Netlab) -> None:
     _quit_cleanly(a, b2)
 
 
+def test_an_offer_replayed_after_a_restart_leaves_the_live_link_alone(lan: netlab.Netlab) -> None:
+    a, b = _pair(lan)
+    b.connect(a)  # offer 0, captured as it left
+    b.expect("connected")
+    a.expect("link_up")
+    a.proc.kill()  # a restarts: its nonce cache is empty again
+    a.proc.wait()
+    a2 = Peer(lan, lan.hosts[0], 1, SECRET)
+    a2.expect("ready", STARTUP_S)
+    b.send(cmd="disconnect", peer=a.node_id)
+    b.expect("disconnected")
+    b.connect(a2)  # offer 1: the live link
+    b.expect("connected")
+    a2.expect("link_up")
+    seen_a, seen_b = len(a2.drain()), len(b.drain())
+    b.send(cmd="replay", index=0, address=a2.host.address, port=PORT)
+    assert b.expect("replayed")["answered"] is False
+    assert a2.expect("refused")["reason"] == "replay"
+    b.send(cmd="echo", peer=a2.node_id, count=2, big=1024)
+    assert b.expect("echo")["ok"]
+    later = a2.drain()[seen_a:] + b.drain()[seen_b:]
+    assert not [e for e in later if e["event"] in ("link_down", "link_up")]
+    assert a2.links()["refusals"]["replay"] == 1
+    _quit_cleanly(a2, b)
+
+
 def test_link_down_when_peer_is_killed(lan: netlab.Netlab) -> None:
     a, b = _pair(lan)
     b.connect(a)

@@ -235,6 +235,17 @@ def test_nonce_cache_is_bounded_and_evictions_never_reopen_replays() -> None:
     assert list(bob._seen) == [(ALICE.node_id, "ff" * 16)]
 
 
+def test_one_member_flooding_the_nonce_cache_cannot_refuse_the_others() -> None:
+    bob = SignalingVerifier(CREDS, self_id=BOB.node_id, nonce_capacity=100)
+    first = seal(offer(timestamp_ms=NOW - 5, nonce="aa" * 16), ALICE, CREDS)
+    bob.verify(first, NOW)
+    for i in range(150):  # future-dated, within the window: each evicts the oldest nonce
+        flood = offer(MALLORY, timestamp_ms=NOW + 29_000 + i, nonce=f"{i:032x}")
+        bob.verify(seal(flood, MALLORY, CREDS), NOW)
+    assert refusal(bob, first) == "replay"  # Alice's evicted nonce stays refused
+    bob.verify(seal(offer(timestamp_ms=NOW + 1, nonce="bb" * 16), ALICE, CREDS), NOW + 2)
+
+
 def test_dtls_fingerprints() -> None:
     assert dtls_fingerprints(SDP) == [FP256, FP384]
     assert dtls_fingerprints("v=0\na=fingerprint: sha-1 AA \n a=fingerprint:\n") == ["sha-1 AA"]
