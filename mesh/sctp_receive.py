@@ -42,6 +42,7 @@ EXPECTED: Final = {
     "RTCSctpTransport._receive_forward_tsn_chunk": "a7b72a09e9c4bb20",
 }
 
+
 def source_hashes() -> dict[str, str] | None:
     """Return the short sha256 of each function in EXPECTED's source, or None if unreadable."""
     out: dict[str, str] = {}
