@@ -53,6 +53,34 @@ class DaemonOptions:
     compact_every_s: float = 300.0  # 0: never compact while running (only at shutdown)
 
 
+class RefusalLog:
+    """Logs refused signaling: the first of each (address, reason), then one per LOG_EVERY.
+
+    Strangers can make refusals cheaply (a wrong mesh, a bad MAC, idle connections): one
+    line each would let them flood the log. Glare is routine and logged at INFO.
+    """
+
+    LOG_EVERY = 100
+    MAX_PAIRS = 1024  # (address, reason) pairs remembered; the oldest are forgotten
+
+    def __init__(self) -> None:
+        """Start with nothing counted."""
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, address: str, reason: str) -> None:
+        """Count one refusal and log it if it is the first or a LOG_EVERY-th of its pair."""
+        key = (address, reason)
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count  # most recent last
+        if len(self._counts) > self.MAX_PAIRS:
+            del self._counts[next(iter(self._counts))]
+        if count % self.LOG_EVERY != 1:
+            return
+        level = logging.INFO if reason == "glare" else logging.WARNING
+        more = f" ({count} so far)" if count > 1 else ""
+        log.log(level, "refused signaling from %s: %s%s", address, reason, more)
+
+
 def item_json(item: MemoryItem) -> dict[str, Any]:
     """Return an item as JSON with its embedding as a list (CLI contract keys included)."""
     return item.to_json()
@@ -135,12 +163,7 @@ class Daemon:
                 on_link_up=lambda peer, address: holder["rt"].link_up(peer, address),
                 on_link_down=lambda peer: holder["rt"].link_down(peer),
                 on_frame=lambda peer, data: holder["rt"].frame(peer, data),
-                on_refused=lambda address, reason: log.log(
-                    logging.INFO if reason == "glare" else logging.WARNING,
-                    "refused signaling from %s: %s",
-                    address,
-                    reason,
-                ),
+                on_refused=RefusalLog(),
             )
             runtime = NodeRuntime(node, committer, transport, on_events=mesh.notify)
             holder["rt"] = runtime

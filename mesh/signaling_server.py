@@ -9,7 +9,10 @@ Wire format on a signaling connection (the dialer speaks first):
 A listener that refuses the offer closes the connection without writing anything. Lengths
 are capped at `MAX_SIGNAL_BYTES` (64 KiB) before anything is read; every read has a deadline,
 and the number of connections handled at once is bounded, so an unauthenticated client can
-hold at most a few small buffers for a few seconds.
+hold at most a few small buffers for a few seconds. Nor can it hold the endpoint: one
+address gets at most `MAX_PER_ADDRESS` of the slots, the length prefix must come within
+`HEAD_TIMEOUT_S` (a dialer sends it at once), and when every slot is taken a new
+connection evicts the oldest one that has not delivered its offer yet.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -30,7 +34,10 @@ log = logging.getLogger(__name__)
 
 MAX_SIGNAL_BYTES: Final = 64 * 1024
 IO_TIMEOUT_S: Final = 5.0
+HEAD_TIMEOUT_S: Final = 1.0  # for the 4-byte length prefix, which a dialer writes at once
 MAX_CONCURRENT: Final = 32
+MAX_PER_ADDRESS: Final = 4  # connections handled at once from one source address
+BUSY_LOG_EVERY: Final = 100  # "busy" refusals: the first, then one line per this many
 _LENGTH: Final = struct.Struct(">I")
 
 OfferHandler = Callable[[bytes, str], Awaitable[bytes | None]]
@@ -98,10 +105,16 @@ def encode_signal(data: bytes) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-async def read_signal(reader: asyncio.StreamReader) -> bytes | None:
-    """Read one length-prefixed message; None on a clean EOF before any byte."""
+async def read_signal(
+    reader: asyncio.StreamReader, *, head_timeout: float | None = None
+) -> bytes | None:
+    """Read one length-prefixed message; None on a clean EOF before any byte.
+
+    With `head_timeout`, the length prefix must arrive within it (TimeoutError).
+    """
     try:
-        head = await reader.readexactly(_LENGTH.size)
+        async with asyncio.timeout(head_timeout):
+            head = await reader.readexactly(_LENGTH.size)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             return None
@@ -152,6 +165,10 @@ class SignalingServer:
         self._host, self._port = host, port
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._by_address: Counter[str] = Counter()
+        # Connections still reading their offer, oldest first (a dict keeps insertion order).
+        self._reading: dict[asyncio.Task[None], None] = {}
+        self.busy_refusals = 0
 
     @property
     def port(self) -> int:
@@ -181,26 +198,57 @@ class SignalingServer:
         assert task is not None
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
-        if len(self._handlers) >= MAX_CONCURRENT:
-            log.warning("signaling: too many connections, dropping %s", address)
+        if not self._admit(address):
+            self.busy_refusals += 1
+            if self.busy_refusals % BUSY_LOG_EVERY == 1:
+                log.warning(
+                    "signaling: too many connections, dropping %s (%d dropped so far)",
+                    address,
+                    self.busy_refusals,
+                )
             self._on_bad_frame(address, "busy")
             writer.close()
             return
         self._handlers.add(task)
+        self._by_address[address] += 1
+        self._reading[task] = None
         try:
-            await self._serve(reader, writer, address)
+            await self._serve(reader, writer, address, task)
         except asyncio.CancelledError:
-            pass  # closing: the connection is dropped unanswered
+            pass  # closing or evicted: the connection is dropped unanswered
         finally:
             self._handlers.discard(task)
+            self._reading.pop(task, None)
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
             writer.close()
 
+    def _admit(self, address: str) -> bool:
+        """Return whether a new connection from `address` gets a slot (evicting if need be)."""
+        if self._by_address[address] >= MAX_PER_ADDRESS:
+            return False
+        if len(self._handlers) < MAX_CONCURRENT:
+            return True
+        # Full: the oldest connection still reading its offer makes room. Honest dialers
+        # send theirs at once, so the oldest reader is the likeliest to be holding a slot.
+        for oldest in self._reading:
+            if not oldest.done():
+                self._reading.pop(oldest)
+                oldest.cancel()
+                return True
+        return False  # every slot is busy with a verified offer being answered
+
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+        task: asyncio.Task[None],
     ) -> None:
         try:
             async with asyncio.timeout(IO_TIMEOUT_S):
-                offer = await read_signal(reader)
+                offer = await read_signal(reader, head_timeout=HEAD_TIMEOUT_S)
         except SignalFrameError as exc:
             self._on_bad_frame(address, exc.reason)
             return
@@ -209,6 +257,7 @@ class SignalingServer:
             return
         except OSError:
             return
+        self._reading.pop(task, None)  # answering now: no longer a candidate for eviction
         if offer is None:
             return  # a port probe, or a dialer that gave up: nothing to refuse
         answer = await self._on_offer(offer, address)

@@ -619,7 +619,7 @@ class WebRtcTransport:
         """Log, count (unless the verifier already did) and report one refusal."""
         if not counted:
             self._refusals[reason] += 1
-        log.info("refused signaling with %s: %s", address, reason)
+        log.debug("refused signaling with %s: %s", address, reason)  # on_refused logs it
         self._call(self._on_refused, address, reason)
 
     # ------------------------------------------------------------------ plumbing
