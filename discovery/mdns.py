@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Final
 
@@ -23,6 +23,12 @@ SERVICE_TYPE: Final = "_memmesh._tcp.local."
 # Crash detection is SWIM's job; mDNS "lost" is only prompt for a graceful close.
 RECORD_TTL_S: Final = 1125
 RESOLVE_TIMEOUT_S: Final = 3.0
+OTHER_MESH_REMEMBERED: Final = 1024  # names of other meshes' services remembered (bounded)
+CONFIRM_ATTEMPTS: Final = 3  # a silent advertised address is asked again this many times
+CONFIRM_RETRY_S: Final = 1.0
+
+# async (host, port) -> the node id that answers there (authenticated), or None.
+Confirm = Callable[[str, int], Awaitable[str | None]]
 
 
 def instance_name(node_id: str) -> str:
@@ -77,8 +83,16 @@ class MdnsDiscovery:
         on_found: Callable[[PeerRecord], None],
         on_lost: Callable[[str], None],
         resolve_timeout_s: float = RESOLVE_TIMEOUT_S,
+        confirm: Confirm | None = None,
     ) -> None:
-        """Prepare discovery; nothing is sent until `start` (or `async with`)."""
+        """Prepare discovery; nothing is sent until `start` (or `async with`).
+
+        mDNS adverts are not authenticated: anyone on the LAN can advertise a member's
+        (public) node id at an address of its own. With `confirm`, an advert is reported
+        only once the node at its address proves that id (the daemon passes the
+        transport's signed `hello` exchange); adverts it contradicts are ignored and
+        counted (`ignored_unconfirmed`).
+        """
         for address in interfaces or ():
             ipaddress.IPv4Address(address)  # raises ValueError for a non-IPv4 interface
         self._me = me
@@ -93,9 +107,14 @@ class MdnsDiscovery:
         self._peers: dict[str, PeerRecord] = {}
         self._names: dict[str, str] = {}  # service name -> node id reported found
         self._resolving: dict[str, asyncio.Task[None]] = {}
-        self._other_mesh: set[str] = set()
+        # Names of services of another mesh, oldest first, at most OTHER_MESH_REMEMBERED (a
+        # stranger can advertise any number of them); `ignored_other_mesh` counts them.
+        self._other_mesh: dict[str, None] = {}
+        self._other_mesh_count = 0
         self._registered = False
+        self._confirm = confirm
         self.ignored_invalid = 0
+        self.ignored_unconfirmed = 0
         self._closed = False
 
     @property
@@ -110,8 +129,11 @@ class MdnsDiscovery:
 
     @property
     def ignored_other_mesh(self) -> int:
-        """Return how many distinct services of another mesh were ignored so far."""
-        return len(self._other_mesh)
+        """Return how many distinct services of another mesh were ignored so far.
+
+        Exact up to OTHER_MESH_REMEMBERED names; past that a forgotten one counts again.
+        """
+        return self._other_mesh_count
 
     def peers(self) -> dict[str, PeerRecord]:
         """Return the peers currently seen, by node id."""
@@ -245,8 +267,16 @@ class MdnsDiscovery:
             log.warning("mDNS: %s advertises our own node id", name)
             return
         if record.mesh_id != self._me.mesh_id:
-            self._other_mesh.add(name)
+            if name not in self._other_mesh:
+                self._other_mesh_count += 1
+                self._other_mesh[name] = None
+                if len(self._other_mesh) > OTHER_MESH_REMEMBERED:
+                    del self._other_mesh[next(iter(self._other_mesh))]
             self._forget(name)  # in case it was of our mesh before
+            return
+        if self._peers.get(record.node_id) == record and self._names.get(name) == record.node_id:
+            return
+        if self._confirm is not None and not await self._confirmed(name, record):
             return
         old_id = self._names.get(name)
         if old_id is not None and old_id != record.node_id:
@@ -259,6 +289,32 @@ class MdnsDiscovery:
             self._on_found(record)
         except Exception:
             log.exception("on_found callback failed")
+
+    async def _confirmed(self, name: str, record: PeerRecord) -> bool:
+        """Return whether the node at the advertised address proves the advertised id."""
+        assert self._confirm is not None
+        for attempt in range(CONFIRM_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(CONFIRM_RETRY_S)
+            try:
+                answered = await self._confirm(record.address, record.port)
+            except Exception as exc:  # a probe that fails counts as no answer
+                log.debug("mDNS: confirming %s failed: %r", name, exc)
+                answered = None
+            if answered == record.node_id:
+                return True
+            if answered is not None:
+                break  # another node answers there: not worth asking again
+        self.ignored_unconfirmed += 1
+        log.warning(
+            "mDNS: ignoring %s: %s:%d does not answer as %s (%s)",
+            name,
+            record.address,
+            record.port,
+            record.node_id,
+            "no answer" if answered is None else f"answered as {answered}",
+        )
+        return False
 
     def _forget(self, name: str) -> None:
         """Report the peer behind `name` lost, if we had reported it found."""

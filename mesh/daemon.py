@@ -185,6 +185,7 @@ class Daemon:
                     interfaces=list(options.interfaces) or None,
                     on_found=self._found,
                     on_lost=runtime.peer_lost,
+                    confirm=transport.identify,  # adverts are unauthenticated: ask the node
                 )
                 self.discovery = discovery
                 static = self._static_discovery(setup.bootstrap, transport, config.tiers)

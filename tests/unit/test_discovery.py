@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from types import SimpleNamespace
 
 import pytest
 
+from discovery import mdns
 from discovery.mdns import MdnsDiscovery, instance_name, pick_address
 from discovery.records import PeerRecord
 from discovery.static import StaticDiscovery, StaticPeer, parse_bootstrap
@@ -328,3 +330,76 @@ def test_static_needs_a_probe_and_valid_settings() -> None:
         )
     with pytest.raises(ValueError, match="HOST:PORT"):
         StaticDiscovery(["a"], probe=FakeNetwork().probe, on_found=print, on_lost=print)
+
+
+class _ForeignAdvert:
+    """Stands in for zeroconf's AsyncServiceInfo: every name resolves to another mesh."""
+
+    def __init__(self, service_type: str, name: str) -> None:
+        self.name = name
+        self.port = 4000
+        self.properties = {
+            b"id": b"00000000000000aa", b"mesh": b"ffffffffffffffff", b"v": b"2",
+            b"hub": b"1", b"tiers": b"L1", b"prof": b"x",
+        }  # fmt: skip
+
+    async def async_request(self, zeroconf: object, timeout_ms: float) -> bool:
+        return True
+
+    def parsed_addresses(self, version: object) -> list[str]:
+        return ["192.0.2.9"]
+
+
+async def test_adverts_of_other_meshes_are_counted_in_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", _ForeignAdvert)
+    monkeypatch.setattr(mdns, "OTHER_MESH_REMEMBERED", 50)
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = mdns.MdnsDiscovery(me, interfaces=["192.0.2.2"], on_found=print, on_lost=print)
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    for i in range(500):
+        await discovery._resolve(f"memmesh-x{i}.{mdns.SERVICE_TYPE}")
+    await discovery._resolve(f"memmesh-x499.{mdns.SERVICE_TYPE}")  # seen again: not recounted
+    assert discovery.ignored_other_mesh == 500
+    assert len(discovery._other_mesh) == 50
+
+
+class _MemberAdvert(_ForeignAdvert):
+    """An advert of our mesh for node 00000000000000aa at 192.0.2.9:4000."""
+
+    def __init__(self, service_type: str, name: str) -> None:
+        super().__init__(service_type, name)
+        self.properties = {**self.properties, b"mesh": b"1111111111111111"}
+
+
+@pytest.mark.parametrize(
+    ("answers", "reported"),
+    [
+        (["00000000000000aa"], True),  # the advertised node answers there
+        ([None, "00000000000000aa"], True),  # silent at first, then answers
+        (["00000000000000bb"], False),  # another node's address: a hijack attempt
+        ([None, None, None], False),  # nobody answers
+    ],
+)
+async def test_an_advert_is_reported_only_once_its_address_proves_the_node_id(
+    monkeypatch: pytest.MonkeyPatch, answers: list[str | None], reported: bool
+) -> None:
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", _MemberAdvert)
+    monkeypatch.setattr(mdns, "CONFIRM_RETRY_S", 0.0)
+    asked: list[tuple[str, int]] = []
+
+    async def confirm(host: str, port: int) -> str | None:
+        asked.append((host, port))
+        return answers[len(asked) - 1]
+
+    found: list[PeerRecord] = []
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = mdns.MdnsDiscovery(
+        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
+    )
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    await discovery._resolve(f"memmesh-00000000000000aa.{mdns.SERVICE_TYPE}")
+    assert asked[0] == ("192.0.2.9", 4000) and len(asked) == len(answers)
+    assert [r.node_id for r in found] == (["00000000000000aa"] if reported else [])
+    assert discovery.ignored_unconfirmed == (0 if reported else 1)
