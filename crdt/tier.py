@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycrdt import Doc, Map, merge_updates
 
 from crdt.item import ITEM_ID_PATTERN
 from crdt.yslice import check_update
-from crdt.ywire import WireFormatError, decode_state_vector, single_client_start
+from crdt.ywire import WireFormatError, decode_state_vector
 
 KEY_SEP = "/"
 ROOT_NAME = "items"
@@ -29,6 +29,14 @@ MAX_HELD_BYTES = 64 << 20
 
 class CorruptUpdateError(ValueError):
     """A Yjs update could not be decoded; the document is unchanged."""
+
+
+class _Held(NamedTuple):
+    """A remote update held back until every client's structs in it follow on ours."""
+
+    starts: dict[int, int]  # client -> the first clock of its structs in the update
+    update: bytes
+    deletes: bool
 
 
 def version_key(item_id: str, writer: str) -> str:
@@ -69,7 +77,11 @@ class TierDoc:
         self._versions: dict[str, dict[str, str]] = {}
         self._changed_keys: dict[str, Any] = {}  # key -> its new value (None: deleted)
         self._captured: list[bytes] = []
-        self._held: list[tuple[int, int, bytes, bool]] = []  # client, start, update, deletes
+        self._held: list[_Held] = []  # in arrival order
+        self._held_bytes = 0
+        # Client -> the lowest start, among held updates, past that client's clock when last
+        # looked: no held update can be ready until some client's clock reaches its entry.
+        self._held_waits: dict[int, int] = {}
         self.integrated: list[bytes] = []  # what the last apply_update added to the document
         self.gaps_dropped = 0
 
@@ -192,26 +204,31 @@ class TierDoc:
     def apply_update(self, update: bytes) -> set[str]:
         """Merge a remote Yjs update; return the ids whose versions changed.
 
-        An incremental update that starts past what this replica has seen of its client
-        is held back until the gap closes: yrs can leave such an update pending and never
-        integrate it even after the missing one arrives (measured with pycrdt 0.14), while
-        in-order application is its well-trodden path. Raises CorruptUpdateError on bytes
-        that are not a Yjs update; the document is then unchanged.
+        An update whose structs of some client start past what this replica has seen of
+        that client is held back until every such gap closes: yrs can leave such an update
+        pending and never integrate it even after the missing one arrives (measured with
+        pycrdt 0.14), and it applies the rest at once: a merged update of two writers, one
+        with a gap, made an item vanish here (its overwrite applied, the new value
+        pending). In-order application is yrs' well-trodden path. Raises
+        CorruptUpdateError on bytes that are not a Yjs update; the document is then
+        unchanged.
         """
         self.integrated = []
         try:
-            deletes = check_update(update)  # before yrs: values nested thousands deep crash it
-            head = single_client_start(update)
+            shape = check_update(update)  # before yrs: values nested thousands deep crash it
         except WireFormatError as exc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-        if head is not None and head[1] > self._clock_of(head[0]):
-            try:  # parse it now (in a scratch document) so garbage is refused, not held
-                Doc().apply_update(update)
-            except ValueError as exc:
-                raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-            self._hold(head[0], head[1], update, deletes)
-            return set()
-        changed = self._integrate(update, deletes=deletes)
+        if shape.starts:
+            vector = decode_state_vector(self.state_vector())
+            gaps = {c: s for c, s in shape.starts.items() if s > vector.get(c, 0)}
+            if gaps:
+                try:  # parse it now (in a scratch document) so garbage is refused, not held
+                    Doc().apply_update(update)
+                except ValueError as exc:
+                    raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
+                self._hold(_Held(shape.starts, update, shape.deletes), gaps)
+                return set()
+        changed = self._integrate(update, deletes=shape.deletes)
         if self._held:
             changed |= self._release_held()
         return changed
@@ -226,33 +243,49 @@ class TierDoc:
         """Return True if updates are missing: a state-vector sync with a peer repairs it."""
         return bool(self._held) or self.gaps_dropped > 0
 
-    def _clock_of(self, client: int) -> int:
-        return decode_state_vector(self.state_vector()).get(client, 0)
-
-    def _hold(self, client: int, start: int, update: bytes, deletes: bool) -> None:
+    def _hold(self, held: _Held, gaps: Mapping[int, int]) -> None:
         """Keep an early update; past the bounds drop the oldest (a later sync refetches)."""
-        self._held.append((client, start, update, deletes))
+        self._held.append(held)
+        self._held_bytes += len(held.update)
+        waits = self._held_waits
+        for client, start in gaps.items():
+            if start < waits.get(client, start + 1):
+                waits[client] = start
         while len(self._held) > MAX_HELD_UPDATES or (
-            len(self._held) > 1 and sum(len(h[2]) for h in self._held) > MAX_HELD_BYTES
+            len(self._held) > 1 and self._held_bytes > MAX_HELD_BYTES
         ):
-            del self._held[0]
-            self.gaps_dropped += 1
+            self._held_bytes -= len(self._held.pop(0).update)
+            self.gaps_dropped += 1  # its entry in _held_waits may stay: that costs one scan
 
     def _release_held(self) -> set[str]:
+        """Integrate the held updates whose gaps have all closed, in order, until none is left.
+
+        Cheap when nothing can be ready: only a client clock reaching one of
+        `_held_waits` makes it walk the held updates.
+        """
+        vector = decode_state_vector(self.state_vector())
+        if all(vector.get(c, 0) < start for c, start in self._held_waits.items()):
+            return set()
         changed: set[str] = set()
         progress = True
         while progress and self._held:
             progress = False
-            vector = decode_state_vector(self.state_vector())
             still_held = []
-            for client, start, update, deletes in sorted(self._held, key=lambda h: (h[0], h[1])):
-                if start <= vector.get(client, 0):
-                    changed |= self._integrate(update, deletes=deletes)
+            for held in self._held:
+                if all(s <= vector.get(c, 0) for c, s in held.starts.items()):
+                    changed |= self._integrate(held.update, deletes=held.deletes)
+                    self._held_bytes -= len(held.update)
                     vector = decode_state_vector(self.state_vector())
                     progress = True
                 else:
-                    still_held.append((client, start, update, deletes))
+                    still_held.append(held)
             self._held = still_held
+        waits: dict[int, int] = {}
+        for held in self._held:
+            for client, start in held.starts.items():
+                if start > vector.get(client, 0) and start < waits.get(client, start + 1):
+                    waits[client] = start
+        self._held_waits = waits
         return changed
 
     def _integrate(self, update: bytes, *, deletes: bool) -> set[str]:

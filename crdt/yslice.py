@@ -13,6 +13,7 @@ delete set goes with the last slice, after every struct it may refer to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from crdt.ywire import WireFormatError, read_var_uint, write_var_uint
 
@@ -128,19 +129,29 @@ def plan_slices(update: bytes, max_bytes: int, known: dict[int, int] | None = No
     return SlicePlan(update, tuple(parts), tuple(groups), update[pos:])
 
 
-def check_update(update: bytes) -> bool:
+class UpdateShape(NamedTuple):
+    """What `check_update` learnt of an update while walking it."""
+
+    deletes: bool  # its delete set names a client (it deletes something)
+    starts: dict[int, int]  # client -> the first clock of its structs in the update
+
+
+def check_update(update: bytes) -> UpdateShape:
     """Raise WireFormatError unless `update`'s structs parse, values nested at most 32 deep.
 
     Run on every remote update before yrs sees it: yrs decodes nested values recursively,
-    so a small hostile update could otherwise crash the process. Returns True if the
-    update's delete set names any client (it deletes something).
+    so a small hostile update could otherwise crash the process. Returns whether the
+    update deletes something and where each client's structs start.
     """
     count, pos = read_var_uint(update, 0)
     size = len(update)
+    starts: dict[int, int] = {}
     for _ in range(count):
         n_structs, pos = read_var_uint(update, pos)
         client, pos = read_var_uint(update, pos)
-        _clock, pos = read_var_uint(update, pos)
+        clock, pos = read_var_uint(update, pos)
+        if n_structs and (client not in starts or clock < starts[client]):
+            starts[client] = clock
         for _ in range(n_structs):
             # What `_read_struct` does for a root-map entry set to one string with no
             # origins (how a new key arrives), without its call and origin bookkeeping.
@@ -162,8 +173,8 @@ def check_update(update: bytes) -> bool:
     try:
         clients, _pos = read_var_uint(update, pos)
     except WireFormatError:
-        return pos < size
-    return clients > 0
+        return UpdateShape(pos < size, starts)
+    return UpdateShape(clients > 0, starts)
 
 
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:

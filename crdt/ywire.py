@@ -1,5 +1,5 @@
-"""Just enough of the Yjs v1 binary format to order updates: varints, state vectors and the
-first struct header of an update. Everything else stays opaque and goes to pycrdt."""
+"""Just enough of the Yjs v1 binary format to order updates: varints and state vectors.
+Everything else stays opaque and goes to pycrdt (crdt/yslice.py walks structs)."""
 
 from __future__ import annotations
 
@@ -44,18 +44,3 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
         clock, pos = read_var_uint(data, pos)
         vector[client] = clock
     return vector
-
-
-def single_client_start(update: bytes) -> tuple[int, int] | None:
-    """Return (client, first clock) if `update` carries structs of exactly one client.
-
-    That is the shape of every incremental update a transaction produces. Updates with
-    several clients (sync diffs, merged updates) or none (deletes only) return None.
-    """
-    groups, pos = read_var_uint(update, 0)
-    if groups != 1:
-        return None
-    _structs, pos = read_var_uint(update, pos)
-    client, pos = read_var_uint(update, pos)
-    clock, _pos = read_var_uint(update, pos)
-    return client, clock

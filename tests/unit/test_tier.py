@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, merge_updates
 
 from crdt.tier import CorruptUpdateError, TierDoc, split_key, version_key
-from crdt.ywire import WireFormatError, decode_state_vector, read_var_uint, single_client_start
+from crdt.yslice import check_update
+from crdt.ywire import WireFormatError, decode_state_vector, read_var_uint
 
 
 def test_concurrent_writes_by_two_writers_both_survive() -> None:
@@ -75,6 +76,28 @@ def test_update_with_a_gap_is_held_until_the_gap_closes() -> None:
     assert doc.versions("a") == {"n": "v2"}
 
 
+def test_a_merged_update_of_two_writers_is_held_while_either_has_a_gap() -> None:
+    a, x, b = (TierDoc("L1", client_id=c) for c in (1, 2, 3))
+    first = a.write([("k", "A", "v0")])
+    assert first is not None and b.apply_update(first) == {"k"}
+    lost_overwrite = a.write([("k", "A", "v1")])  # neither of these two reaches b
+    lost_import = x.write([("x1", "X", "one")])
+    later_import = x.write([("x2", "X", "two")])
+    final = a.write([("k", "A", "final")])
+    assert None not in (lost_overwrite, lost_import, later_import, final)
+    merged = merge_updates(later_import, final)  # one outbox batch from two writers
+    # Before: yrs applied the overwrite and kept the new value pending: k vanished here.
+    assert b.apply_update(merged) == set()
+    assert b.held_updates == 1 and b.needs_sync
+    assert b.versions("k") == {"A": "v0"}
+    assert b.apply_update(lost_overwrite) == {"k"}  # a's gap closes, x's is still open
+    assert b.held_updates == 1
+    assert b.apply_update(lost_import) >= {"x1", "x2", "k"}  # both closed: released
+    assert b.held_updates == 0 and not b.needs_sync
+    assert b.versions("k") == {"A": "final"}
+    assert b.versions("x2") == {"X": "two"}
+
+
 @pytest.mark.parametrize("garbage", [b"", b"\xff", b"\x01\x01", b"\x05\x00garbage"])
 def test_garbage_update_is_rejected_and_changes_nothing(garbage: bytes) -> None:
     doc = TierDoc("L1", client_id=2)
@@ -129,5 +152,5 @@ def test_ywire_reads_varints_and_state_vectors() -> None:
     doc = TierDoc("L1", client_id=300)
     update = doc.write([("x", "A", "v")])
     assert update is not None
-    assert single_client_start(update) == (300, 0)
+    assert check_update(update).starts == {300: 0}
     assert decode_state_vector(doc.state_vector()) == {300: 1}
