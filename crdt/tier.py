@@ -83,6 +83,10 @@ class TierDoc:
         # looked: no held update can be ready until some client's clock reaches its entry.
         self._held_waits: dict[int, int] = {}
         self.integrated: list[bytes] = []  # what the last apply_update added to the document
+        # Held updates the last apply_update let go: integrated, or already contained in
+        # what it added (a sync answer brings a held update's structs too). Either way
+        # they are in the document, and durable once `integrated` is.
+        self.released: list[bytes] = []
         self.gaps_dropped = 0
 
     @property
@@ -214,6 +218,7 @@ class TierDoc:
         unchanged.
         """
         self.integrated = []
+        self.released = []
         try:
             shape = check_update(update)  # before yrs: values nested thousands deep crash it
         except WireFormatError as exc:
@@ -275,6 +280,7 @@ class TierDoc:
                 if all(s <= vector.get(c, 0) for c, s in held.starts.items()):
                     changed |= self._integrate(held.update, deletes=held.deletes)
                     self._held_bytes -= len(held.update)
+                    self.released.append(held.update)
                     vector = decode_state_vector(self.state_vector())
                     progress = True
                 else:

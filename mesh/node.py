@@ -15,7 +15,7 @@ from crdt.errors import MemmeshError
 from crdt.item import MemoryItem, to_record
 from crdt.memory import Change, TieredMemory
 from crdt.resolvers import BUILTIN_RESOLVERS
-from crdt.tier import CorruptUpdateError
+from crdt.tier import MAX_HELD_UPDATES, CorruptUpdateError
 from crdt.yslice import SlicePlan, plan_slices
 from crdt.ywire import decode_state_vector
 from hub_role.router import HubRouter
@@ -128,6 +128,15 @@ class _SlicedSync:
     in_flight: set[bytes] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldBatch:
+    """A received batch its tier held back for a missing predecessor: acked once integrated."""
+
+    seen_key: bytes | None  # its dedup key in `_seen` (None for a chunked body)
+    flags: Flags
+    message: MemorySync
+
+
 @dataclass(slots=True)
 class _SlicedIn:
     """An initial sync arriving as slices: what has been applied so far."""
@@ -178,6 +187,8 @@ class Node(HubRole):
         self._retry_at: dict[str, tuple[int, float]] = {}
         self._peer_tiers: dict[str, tuple[str, ...]] = {}
         self._seen: OrderedDict[bytes, bool] = OrderedDict()  # flooded key -> committed
+        # (tier, update) -> a batch held back by its tier, to ack when it is integrated
+        self._held_batches: OrderedDict[tuple[str, bytes], _HeldBatch] = OrderedDict()
         self._step1_sent: dict[tuple[str, str], float] = {}
         self._transfers: OrderedDict[bytes, list[bytes]] = OrderedDict()
         self._incoming: dict[tuple[str, bytes], TransferProgress] = {}
@@ -570,7 +581,7 @@ class Node(HubRole):
                 # Ack again only a whole batch committed here: not one held back behind a
                 # missing update, nor a piece of a chunked body (acked once, when complete).
                 if self._seen[key]:
-                    return self._ack_if_asked(frame, message)
+                    return self._ack_if_asked(frame.flags, message)
                 return []
             self._remember(key)
         body = message.body
@@ -603,12 +614,18 @@ class Node(HubRole):
         effects.extend(self._persist(change))
         if message.kind is SyncKind.STEP2:
             effects.extend(self._log_step2(peer_id, message, change, sliced, was_sliced))
+        seen_key = key if flooded and message.chunk is None else None
         if doc.held_updates <= held and doc.gaps_dropped == dropped:
             # Integrated and persisted. An update held back until a missing one arrives is
             # not committed yet: acking it would claim durability it does not have.
-            if flooded and message.chunk is None:
-                self._seen[key] = True
-            effects.extend(self._ack_if_asked(frame, message))
+            if seen_key is not None:
+                self._seen[seen_key] = True
+            effects.extend(self._ack_if_asked(frame.flags, message))
+        elif doc.held_updates > held and message.kind is SyncKind.UPDATE:
+            self._held_batches[(message.tier, body)] = _HeldBatch(seen_key, frame.flags, message)
+            while len(self._held_batches) > MAX_HELD_UPDATES:
+                self._held_batches.popitem(last=False)
+        effects.extend(self._acks_for_released(message.tier))
         if flooded and forward and message.chunk is None:
             effects.extend(self._forward(peer_id, message, raw, frame.priority))
         if flooded:
@@ -695,12 +712,26 @@ class Node(HubRole):
             self._incoming = {k: v for k, v in self._incoming.items() if holds(*k)}
         return assembled
 
-    def _ack_if_asked(self, frame: Frame, message: MemorySync) -> list[Effect]:
-        if not frame.flags & Flags.REQUIRES_ACK or message.source == self.node_id:
+    def _acks_for_released(self, tier: str) -> list[Effect]:
+        """Ack the held batches the last apply of `tier` released (after its Persist)."""
+        if not self._held_batches:
+            return []
+        effects: list[Effect] = []
+        for update in self.memory.tier_doc(tier).released:
+            held = self._held_batches.pop((tier, update), None)
+            if held is None:
+                continue
+            if held.seen_key is not None and held.seen_key in self._seen:
+                self._seen[held.seen_key] = True  # a repeat of it is acked again
+            effects.extend(self._ack_if_asked(held.flags, held.message))
+        return effects
+
+    def _ack_if_asked(self, flags: Flags, message: MemorySync) -> list[Effect]:
+        if not flags & Flags.REQUIRES_ACK or message.source == self.node_id:
             return []
         if (
             message.target == BROADCAST
-            and not frame.flags & Flags.ACK_ALL
+            and not flags & Flags.ACK_ALL
             and message.source not in self._links
             and not self.is_hub
         ):
@@ -867,6 +898,7 @@ class Node(HubRole):
         except (ValueError, KeyError, MemmeshError) as exc:  # the tier is unchanged
             return [WriteFailed(request.request_id, str(exc), applied=False)]
         effects = self._persist(change)
+        effects.extend(self._acks_for_released(request.tier))
         changed = tuple(sorted({event.item_id for event in change.events}))
         effects.append(WriteAcked(request.request_id, changed_ids=changed))
         if change.updates:

@@ -462,6 +462,27 @@ def test_an_update_held_back_behind_a_lost_one_is_not_acked() -> None:
     assert "w1" in b.memory and "w2" in b.memory
 
 
+def test_a_held_batch_is_acked_once_the_repair_brings_it_in() -> None:
+    """Regression: the held batch was never acked after the repair integrated it, so its
+    `peer` write failed at the timeout although b held it durably."""
+    net, (a, b) = linked("a", "b", config=NodeConfig.lan(**QUIET))
+    net.do("a", WriteRequested(1, puts=[NewItem("L1", "lost", "w1")], priority=Priority.CRITICAL))
+    net.queue.clear()  # the first batch is lost on the way
+    second = WriteRequested(
+        2, puts=[NewItem("L1", "second", "w2")], ack=AckLevel.PEER, priority=Priority.CRITICAL
+    )
+    net.do("a", second)
+    mark = len(net.sent)
+    net.settle()  # b holds w2, pulls what it lacks, a's answer brings w1 (and w2) in
+    assert "w1" in b.memory and "w2" in b.memory
+    acks = [s for s in net.sent_since(mark, src="b") if isinstance(message_of(s), SyncAck)]
+    assert len(acks) == 1
+    assert [e.request_id for e in net.log["a"] if isinstance(e, WriteAcked)] == [1, 2]
+    net.advance(net.now + 11.0)
+    assert not [e for e in net.log["a"] if isinstance(e, WriteFailed)]
+    assert roots(a) == roots(b)
+
+
 SMALL_FRAMES = NodeConfig.lan(limits=Limits(max_frame_bytes=4096), **QUIET)
 
 
