@@ -146,6 +146,10 @@ class Reassembler:
         state = self._transfers.get((peer_id, transfer_id))
         return (0, 0) if state is None else (state.received, state.total_bytes)
 
+    def drop(self, peer_id: str, transfer_id: bytes) -> None:
+        """Forget one transfer (its sender cannot resume it)."""
+        self._forget((peer_id, transfer_id))
+
     def drop_peer(self, peer_id: str) -> None:
         """Forget every transfer from `peer_id`."""
         for key in [k for k in self._transfers if k[0] == peer_id]:

@@ -192,6 +192,7 @@ class Node(HubRole):
         self._step1_sent: dict[tuple[str, str], float] = {}
         self._transfers: OrderedDict[bytes, list[bytes]] = OrderedDict()
         self._incoming: dict[tuple[str, bytes], TransferProgress] = {}
+        self._resumed: set[tuple[str, bytes]] = set()  # incoming transfers we sent RESUME for
         self._sliced_out: dict[tuple[str, str], _SlicedSync] = {}
         self._sliced_in: dict[tuple[str, str], _SlicedIn] = {}
         self._queries: dict[int, tuple[int, float]] = {}
@@ -441,17 +442,26 @@ class Node(HubRole):
             )
         ]
         effects.extend(self._introduce_hub(peer_id))
-        resuming = {
-            progress.tier: transfer_id
-            for (peer, transfer_id), progress in self._incoming.items()
-            if peer == peer_id
-        }
+        self._resumed &= self._incoming.keys()
+        resuming: dict[str, bytes] = {}
+        for (peer, transfer_id), progress in list(self._incoming.items()):
+            if peer != peer_id:
+                continue
+            if (peer, transfer_id) in self._resumed:
+                # Resumed once already and still incomplete: the sender could not resume
+                # it (it restarted, say). Pull afresh instead of asking again forever.
+                self._resumed.discard((peer, transfer_id))
+                del self._incoming[(peer, transfer_id)]
+                self._reassembler.drop(peer, transfer_id)
+                continue
+            resuming[progress.tier] = transfer_id
         for tier in self._shared_tiers(peer_id):
             if tier in resuming:
                 transfer_id = resuming[tier]
                 # Resuming is our sync request for this tier: without this, their STEP1
                 # would make us ask for the whole body again beside the resumed pieces.
                 self._step1_sent[(peer_id, tier)] = self._now
+                self._resumed.add((peer_id, transfer_id))
                 effects.append(
                     self._send(
                         peer_id,

@@ -917,6 +917,28 @@ def test_resume_after_the_step1_guard_does_not_resend_the_whole_body(
     assert len(chunk_frames(net.sent_since(mark, src="a"))) < total
 
 
+def test_a_transfer_its_restarted_sender_cannot_resume_is_pulled_afresh(
+    big_l3: list[NewItem],
+) -> None:
+    """Regression: the receiver sent RESUME at every reconnect and never pulled the tier."""
+    net, a, b = start_big_sync(big_l3)
+    interrupt_after(net, 3)
+    restarted = Node(a.memory, a.config, random.Random("a-restarted"))  # no transfer cache
+    net.nodes["a"] = restarted
+    counts = []
+    for _ in range(2):
+        net.now += 10.0
+        mark = len(net.sent)
+        net.link("a", "b")
+        resumes = [s for s in net.sent_since(mark, src="b") if isinstance(message_of(s), Resume)]
+        counts.append((len(resumes), b.memory.count("L3")))
+        net.do("a", LinkDown("b"))
+        net.do("b", LinkDown("a"))
+    assert counts == [(1, 0), (0, 2_000)]  # asked once, then pulled the whole tier
+    assert b.transfers() == []
+    assert roots(restarted) == roots(b)
+
+
 SLICE = 256 << 10
 
 
