@@ -36,7 +36,17 @@ class _Held(NamedTuple):
 
     starts: dict[int, int]  # client -> the first clock of its structs in the update
     update: bytes
-    deletes: bool
+    deleted_upto: dict[int, int] | None  # UpdateShape.deleted_upto
+
+
+def _deletes_past(deleted_upto: Mapping[int, int] | None, state_vector: bytes) -> bool:
+    """True if deletions reach at or past `state_vector` (or are unknown: None)."""
+    if deleted_upto is None:
+        return True
+    if not deleted_upto:
+        return False
+    vector = decode_state_vector(state_vector)
+    return any(end > vector.get(client, 0) for client, end in deleted_upto.items())
 
 
 def version_key(item_id: str, writer: str) -> str:
@@ -231,9 +241,9 @@ class TierDoc:
                     Doc().apply_update(update)
                 except ValueError as exc:
                     raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-                self._hold(_Held(shape.starts, update, shape.deletes), gaps)
+                self._hold(_Held(shape.starts, update, shape.deleted_upto), gaps)
                 return set()
-        changed = self._integrate(update, deletes=shape.deletes)
+        changed = self._integrate(update, shape.deleted_upto)
         if self._held:
             changed |= self._release_held()
         return changed
@@ -247,6 +257,16 @@ class TierDoc:
     def needs_sync(self) -> bool:
         """Return True if updates are missing: a state-vector sync with a peer repairs it."""
         return bool(self._held) or self.gaps_dropped > 0
+
+    def answer_applied(self) -> None:
+        """A sync answer (the diff against our state vector) was applied: forget dropped gaps.
+
+        With nothing held, what a dropped update carried came with the answer if that peer
+        had it; if not, anti-entropy finds the difference. Before, `needs_sync` stayed true
+        for good after one drop, and every frame from a peer drew a STEP1 every 2 s.
+        """
+        if not self._held:
+            self.gaps_dropped = 0
 
     def _hold(self, held: _Held, gaps: Mapping[int, int]) -> None:
         """Keep an early update; past the bounds drop the oldest (a later sync refetches)."""
@@ -278,7 +298,7 @@ class TierDoc:
             still_held = []
             for held in self._held:
                 if all(s <= vector.get(c, 0) for c, s in held.starts.items()):
-                    changed |= self._integrate(held.update, deletes=held.deletes)
+                    changed |= self._integrate(held.update, held.deleted_upto)
                     self._held_bytes -= len(held.update)
                     self.released.append(held.update)
                     vector = decode_state_vector(self.state_vector())
@@ -294,13 +314,17 @@ class TierDoc:
         self._held_waits = waits
         return changed
 
-    def _integrate(self, update: bytes, *, deletes: bool) -> set[str]:
+    def _integrate(self, update: bytes, deleted_upto: Mapping[int, int] | None) -> set[str]:
         """Apply an update now; note it in `integrated` if it changed the document.
 
         Moving the state vector is not the only change: an update that only deletes (a
-        peer's tombstone collection) leaves it as it was, and must be persisted too. So is
-        any update that `deletes`: yrs may keep a deletion of items it has not seen yet
-        pending, and apply it only when they arrive in another update.
+        peer's tombstone collection) leaves it as it was, and must be persisted too (its
+        deletions change keys). So is an update deleting clocks at or past our state
+        vector (`deleted_upto`, None when unknown): yrs keeps a deletion of items it has
+        not seen yet pending, and applies it only when they arrive in another update.
+        Deletions below the state vector that change no key are already here: a sync
+        answer carries the sender's whole delete set, and persisting it each time wrote
+        rows the size of every deletion ever made.
         """
         self._changed_keys.clear()
         before = self.state_vector()
@@ -315,7 +339,11 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             subscription.drop()
-        if deletes or self._changed_keys or self.state_vector() != before:
+        if (
+            self._changed_keys
+            or self.state_vector() != before
+            or _deletes_past(deleted_upto, before)
+        ):
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 

@@ -134,6 +134,9 @@ class UpdateShape(NamedTuple):
 
     deletes: bool  # its delete set names a client (it deletes something)
     starts: dict[int, int]  # client -> the first clock of its structs in the update
+    # client -> the end (clock + length) of its last deleted range; None when the delete
+    # set did not parse (yrs judges it)
+    deleted_upto: dict[int, int] | None
 
 
 def check_update(update: bytes) -> UpdateShape:
@@ -169,12 +172,21 @@ def check_update(update: bytes) -> UpdateShape:
                             pos = _skip_string(update, at + 2)
                             continue
             _length, _deps, pos = _read_struct(update, pos, client)
-    # The delete set is left for yrs to judge: only whether it names a client matters here.
+    # The delete set is read for where each client's deletions end; yrs judges the rest.
+    upto: dict[int, int] = {}
     try:
-        clients, _pos = read_var_uint(update, pos)
+        clients, pos = read_var_uint(update, pos)
+        for _ in range(clients):  # each step reads bytes: bounded by the update's size
+            client, pos = read_var_uint(update, pos)
+            ranges, pos = read_var_uint(update, pos)
+            for _ in range(ranges):
+                clock, pos = read_var_uint(update, pos)
+                length, pos = read_var_uint(update, pos)
+                if clock + length > upto.get(client, -1):
+                    upto[client] = clock + length
     except WireFormatError:
-        return UpdateShape(pos < size, starts)
-    return UpdateShape(clients > 0, starts)
+        return UpdateShape(True, starts, None)
+    return UpdateShape(clients > 0, starts, upto)
 
 
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:

@@ -653,6 +653,8 @@ class Node(HubRole):
             sent = self._step1_sent.get((peer_id, message.tier))
             if new_gap or sent is None or self._now - sent > self.config.step1_guard_s:
                 effects.append(self._step1(peer_id, message.tier))
+        if message.kind is SyncKind.STEP2:
+            doc.answer_applied()
         return effects
 
     def _log_step2(

@@ -98,6 +98,37 @@ def test_a_merged_update_of_two_writers_is_held_while_either_has_a_gap() -> None
     assert b.versions("x2") == {"X": "two"}
 
 
+def test_a_sync_answer_whose_deletions_are_all_known_here_is_not_kept() -> None:
+    a, b = TierDoc("L1", client_id=1), TierDoc("L1", client_id=2)
+    for update in (a.write([(f"k{i}", "A", "v") for i in range(10)]), a.remove_all(["k3", "k5"])):
+        assert update is not None and b.apply_update(update)
+    assert b.integrated  # the deletion changed keys here: kept
+    answer = a.encode_diff(b.state_vector())  # nothing new but a's whole delete set
+    assert b.apply_update(answer) == set()
+    assert b.integrated == []  # before: kept (and persisted) at every sync answer
+
+
+def test_a_deletion_of_items_not_seen_yet_is_kept() -> None:
+    a, b = TierDoc("L1", client_id=1), TierDoc("L1", client_id=2)
+    first = a.write([("k", "A", "v")])
+    deletion = a.remove_all(["k"])
+    assert first is not None and deletion is not None
+    assert b.apply_update(deletion) == set()  # yrs keeps it pending: k is not here yet
+    assert b.integrated == [deletion]  # kept, so a restart still knows it
+    assert b.apply_update(first) == set() and b.versions("k") == {}
+
+
+def test_dropped_gaps_are_forgotten_once_a_sync_answer_applied() -> None:
+    updates, _ = _single_client_updates()
+    doc = TierDoc("L1", client_id=2)
+    doc.apply_update(updates[2])
+    doc._held.clear()  # as if the bound dropped it
+    doc.gaps_dropped = 1
+    assert doc.needs_sync
+    doc.answer_applied()
+    assert not doc.needs_sync
+
+
 @pytest.mark.parametrize("garbage", [b"", b"\xff", b"\x01\x01", b"\x05\x00garbage"])
 def test_garbage_update_is_rejected_and_changes_nothing(garbage: bytes) -> None:
     doc = TierDoc("L1", client_id=2)
