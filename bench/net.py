@@ -455,7 +455,7 @@ def _transfer_bytes(data_dir: Path, tier: str) -> dict[str, int]:
 
     Same calls as `Node._answer_step1` / `_send_slices` / `_send_sync`: the tier's whole Yjs
     diff planned into slices of `step2_batch_bytes` by `plan_slices`, each slice split by
-    `split_body` into pieces of `max_chunk_for(limits)`, each encoded (msgpack, zlib) by
+    `split_body` into pieces of `max_chunk_for(limits)`, each encoded (msgpack, zstd) by
     `encode_message`. This is the wire cost of one clean transfer, without link flaps.
     """
     profile = node_config(Profile(PROFILE))

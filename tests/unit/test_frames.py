@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import pytest
+import zstandard
 
 from mesh.frames import (
     COMPRESS_THRESHOLD,
@@ -151,9 +152,60 @@ def test_compresses_large_compressible_payloads() -> None:
     payload = b"abcd" * 1000
     data = encode_frame(Frame(MsgType.MEMORY_SYNC, payload))
     assert len(data) < len(payload)
+    assert data[HEADER_SIZE:].startswith(ZSTD_MAGIC)
     frame = decode_frame(data)
-    assert frame.flags & Flags.COMPRESSED
+    assert frame.flags & Flags.COMPRESSED and frame.flags & Flags.ZSTD
     assert frame.payload == payload
+
+
+def test_a_zlib_payload_from_an_earlier_node_still_decodes() -> None:
+    payload = b"abcd" * 1000
+    assert decode_frame(raw(zlib.compress(payload), flags=Flags.COMPRESSED)).payload == payload
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD = int(Flags.COMPRESSED | Flags.ZSTD)
+
+
+def zstd(data: bytes, **options: bool) -> bytes:
+    return zstandard.ZstdCompressor(level=1, **options).compress(data)
+
+
+def test_zstd_bomb_over_the_decompressed_cap_is_refused_before_decompressing() -> None:
+    bomb = zstd(bytes(64 * 1024 * 1024))  # 64 MiB of zeros in a few KiB
+    assert len(bomb) < DEFAULT_LIMITS.max_frame_bytes
+    with pytest.raises(FrameError, match="over the cap"):
+        decode_frame(raw(bomb, flags=ZSTD))
+
+
+def test_a_zstd_frame_that_declares_less_than_it_holds_is_refused() -> None:
+    honest = zstd(bytes(4096))
+    small = zstd(bytes(100))  # its header declares 100 bytes: put it on the 4 KiB blocks
+    header = zstandard.frame_header_size(small)
+    lying = small[:header] + honest[zstandard.frame_header_size(honest) :]
+    with pytest.raises(FrameError):
+        decode_frame(raw(lying, flags=ZSTD))
+
+
+def test_zstd_cap_is_inclusive_and_its_size_must_be_declared() -> None:
+    limits = Limits(max_decompressed_bytes=4096)
+    assert decode_frame(raw(zstd(bytes(4096)), flags=ZSTD), limits).payload == bytes(4096)
+    with pytest.raises(FrameError, match="over the cap"):
+        decode_frame(raw(zstd(bytes(4097)), flags=ZSTD), limits)
+    with pytest.raises(FrameError, match="declare its size"):
+        decode_frame(raw(zstd(bytes(100), write_content_size=False), flags=ZSTD))
+
+
+def test_corrupt_truncated_or_trailing_zstd_data_is_refused() -> None:
+    packed = zstd(os.urandom(2000) + bytes(2000))
+    for bad, reason in [
+        (b"\x00\x01not zstd at all", "corrupt"),
+        (packed[:-10], "corrupt"),
+        (packed + b"junk", "corrupt"),
+        (packed + packed, "corrupt"),
+    ]:
+        with pytest.raises(FrameError, match=reason):
+            decode_frame(raw(bad, flags=ZSTD))
 
 
 def test_small_or_incompressible_payloads_stay_raw() -> None:
