@@ -15,8 +15,11 @@ Rules (docs/ARCHITECTURE.md, "Hub role"):
   `unseat_margin`.
 - The hub re-sends its claim every `heartbeat_s` with a new `seq`; a hub not heard from for
   `timeout_s`, or declared dead by SWIM, is lost.
-- A claim with a bad signature, a key not bound to its node id, or a term below the adopted
-  hub's is ignored and counted in `rejected` by reason.
+- A claim with a bad signature, a key not bound to its node id, a term below the adopted
+  hub's or above MAX_TERM is ignored and counted in `rejected` by reason.
+- A hub that learns another node claimed its term (a boot race, a healed split brain)
+  marks it contested; it moves to the next term before granting a lease, so fencing tokens
+  stay larger than every one granted before, by either hub.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from mesh.messages import HubClaim
 
 _DOMAIN: Final = b"memmesh/hub-claim/v1\x00"
 _NUMBERS: Final = struct.Struct(">QQQH")
+# The highest term a claim may carry: lease tokens are `term << 32 | n` in a u64, and a
+# campaign claims term + 1. A signed claim above it (a member's, with any term up to
+# 2**64 - 1) made every node's next campaign overflow the claim encoding, mesh-wide.
+MAX_TERM: Final = 2**32 - 2
 _SEEN_CAPACITY: Final = 4096
 _STAGGER_RANKS: Final = 20
 
@@ -93,6 +100,9 @@ class Election:
         self._hub_seq = 0  # the newest seq heard from the hub in its term
         self._hub_claim: HubClaim | None = None  # the newest signed claim of the current hub
         self._lost: tuple[str, int, int] | None = None  # (id, term, seq) of the hub we lost
+        # A term in which this node, as hub, knows another node also claimed the hub role
+        # (a boot race, a healed split brain): both may have granted lease tokens in it.
+        self._contested_term = 0
         self._seen: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.rejected: dict[str, int] = {}
         self.changes = 0  # how many times the adopted hub (id or term) changed
@@ -138,6 +148,8 @@ class Election:
 
     def on_claim(self, claim: HubClaim, now: float) -> ClaimOutcome:
         """Verify and apply a claim received from the network."""
+        if claim.term > MAX_TERM:
+            return self._reject("bad_term")
         key = (claim.node_id, claim.term, claim.seq)
         if self._seen.get(key) == claim.signature:
             return ClaimOutcome(False, False, "duplicate")
@@ -173,6 +185,8 @@ class Election:
             return ClaimOutcome(True, news)
         mine = (self.score, self.node_id)
         theirs = (claim.score, claim.node_id)
+        if self.is_hub and hub is not None and claim.term == hub.term:
+            self._contested_term = claim.term  # whoever stays hub, tokens may collide in it
         if hub is not None and claim.term == hub.term:
             # Same term, two hubs. An established one (past its first heartbeats) beats a
             # fresh one whatever their ranks: the fresh claim is a newcomer that campaigned
@@ -196,16 +210,24 @@ class Election:
         contending = self.is_hub or (hub is None and fresh)
         if contending and self.eligible and mine > theirs:
             self._known_term = claim.term
+            self._contested_term = claim.term  # its claimant may have granted tokens in it
             return ClaimOutcome(False, True, "outranked", [self._become_hub(claim.term, now)])
         self._adopt(HubInfo(claim.node_id, claim.term, claim.score, now), now)
         self._hub_seq = claim.seq
         self._hub_claim = claim
         return ClaimOutcome(True, True)
 
-    def next_term(self, now: float) -> HubClaim:
-        """As the hub, serve the next term (its lease tokens ran out); return its claim to flood.
+    @property
+    def term_contested(self) -> bool:
+        """True if this node is hub in a term another node also claimed (see `next_term`)."""
+        return self.is_hub and self._hub is not None and self._hub.term == self._contested_term
 
-        Followers take a claim of their hub with a higher term as news and follow it there.
+    def next_term(self, now: float) -> HubClaim:
+        """As the hub, serve the next term; return its claim to flood.
+
+        For a term whose lease tokens ran out, or one that is contested: every token of the
+        next term is larger than any granted in this one, by whichever hub. Followers take
+        a claim of their hub with a higher term as news and follow it there.
         """
         assert self._hub is not None and self.is_hub
         return self._become_hub(max(self._known_term, self._hub.term) + 1, now)
@@ -279,6 +301,7 @@ class Election:
         return self.config.claim_stagger_s * min(above, _STAGGER_RANKS) / _STAGGER_RANKS
 
     def _become_hub(self, term: int, now: float) -> HubClaim:
+        term = min(term, MAX_TERM)  # unreachable in practice: 2**32 elections
         self._known_term = max(self._known_term, term)
         if self._hub is None or self._hub.term != term or not self.is_hub:
             self._seq = 0  # seq restarts per term: seq <= 2 marks a fresh claim

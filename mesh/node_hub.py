@@ -407,9 +407,10 @@ class HubRole:
         assert hub is not None and router.is_hub
         router.leases.set_term(hub.term)
         effects: list[Effect] = []
-        if router.leases.exhausted:
-            # Every token of this term is granted: the next term's tokens are all larger, so
-            # fencing holds, and the table (its holders) carries over.
+        if router.leases.exhausted or router.election.term_contested:
+            # Every token of this term is granted, or another hub may have granted some in
+            # it: the next term's tokens are all larger, so fencing holds, and the table
+            # (its holders) carries over.
             effects = self._flood_claims([router.election.next_term(self._now)])
             hub = router.hub
             assert hub is not None

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import pytest
 
+from hub_role.election import MAX_TERM, claim_bytes
 from hub_role.leases import MAX_GRANTS_PER_TERM, TERM_SHIFT, LeaseTable, TermExhausted
+from mesh.codec import encode_message
 from mesh.effects import Disconnect, LeaseAnswered
-from mesh.inputs import LeaseRequested
+from mesh.inputs import FrameReceived, LeaseRequested
+from mesh.messages import HubClaim
 from mesh.node import Node
 from tests.unit.test_hub_bounds import hub_mesh
 from tests.unit.test_node import Net
@@ -59,7 +62,7 @@ def lease_answers(net: Net, node_id: str) -> dict[int, LeaseAnswered]:
 
 
 def test_peer_requests_past_the_last_token_are_granted_in_the_next_term() -> None:
-    net, nodes, hub = hub_mesh("a", "b", "c")
+    net, nodes, _hub = hub_mesh("a", "b", "c")
     b, c = sorted(i for i in nodes if i != hub)
     term = exhaust(nodes, hub, left=1)
     # c's request takes the last token of the term; b's arrives after it, so b hears of the
@@ -94,3 +97,51 @@ def test_the_hubs_own_request_past_the_last_token_is_granted_in_the_next_term() 
     assert answer.granted and answer.token == ((term + 1) << TERM_SHIFT) | 1
     net.settle()
     assert {(n.hub.id, n.hub.term) for n in nodes.values() if n.hub} == {(hub, term + 1)}
+
+
+def granted_token(net: Net, node_id: str, request_id: int) -> int:
+    (answer,) = [a for rid, a in lease_answers(net, node_id).items() if rid == request_id]
+    assert answer.granted, answer
+    return answer.token
+
+
+def test_a_hub_taking_over_a_healed_split_brains_term_grants_larger_tokens() -> None:
+    """Regression: the old hub won the other side's term on heal and restarted its token
+    counter there, granting a token below the stale holder's."""
+    net, nodes, hub = hub_mesh("a", "b", "c", "z")
+    assert hub == "z"
+    for left in ("a", "z"):
+        for right in ("b", "c"):
+            net.cut.add(frozenset((left, right)))
+    net.advance(20.0)
+    assert nodes["b"].hub is not None and nodes["b"].hub.id == "c"  # its side's own hub
+    for k in range(5):
+        net.do("b", LeaseRequested(10 + k, f"N{k}", 300.0))
+        net.settle()
+    net.do("b", LeaseRequested(20, "X", 300.0))
+    net.settle()
+    stale = granted_token(net, "b", 20)
+    net.cut.clear()
+    net.advance(60.0)
+    assert {n.hub.id for n in nodes.values() if n.hub is not None} == {"z"}
+    net.do("a", LeaseRequested(30, "X", 300.0))
+    net.settle()
+    net.advance(61.0)
+    assert granted_token(net, "a", 30) > stale
+
+
+def test_a_claim_beyond_the_last_term_is_refused_and_ticks_go_on() -> None:
+    """Regression: a member's claim with term 2**64 - 1 was adopted mesh-wide, then every
+    node's campaign overflowed the claim encoding and raised out of handle(Tick)."""
+    net, nodes, _hub = hub_mesh("a", "b", "c")
+    signer = nodes["a"]._signer
+    assert signer is not None
+    term, key = MAX_TERM + 1, signer.public_key  # validly signed by a member, past the end
+    claim = HubClaim(
+        "a", term, 1, 2**32 - 1, key, signer.sign(claim_bytes("a", term, 1, 2**32 - 1, key))
+    )
+    for node_id in ("b", "c"):
+        net.do(node_id, FrameReceived("a", encode_message(claim)))
+    assert {nodes[i].hub.term for i in ("b", "c")} == {1}  # type: ignore[union-attr]
+    assert nodes["b"]._hub_router().election.rejected.get("bad_term") == 1
+    net.advance(net.now + 30.0)  # ticks keep working
