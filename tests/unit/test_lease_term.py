@@ -62,7 +62,7 @@ def lease_answers(net: Net, node_id: str) -> dict[int, LeaseAnswered]:
 
 
 def test_peer_requests_past_the_last_token_are_granted_in_the_next_term() -> None:
-    net, nodes, _hub = hub_mesh("a", "b", "c")
+    net, nodes, hub = hub_mesh("a", "b", "c")
     b, c = sorted(i for i in nodes if i != hub)
     term = exhaust(nodes, hub, left=1)
     # c's request takes the last token of the term; b's arrives after it, so b hears of the
