@@ -85,10 +85,13 @@ class HubRouter:
         return self._next_lease_id - 1
 
     def pending_by_tier(self) -> dict[str, int]:
-        """Return relayed batches not yet acked by the hub, per tier."""
+        """Return the updates of relayed batches not yet acked by the hub, per tier.
+
+        Updates, not batches: the outbox's backlog, which stats add to this, counts those.
+        """
         out: dict[str, int] = {}
         for p in self._pending.values():
-            out[p.message.tier] = out.get(p.message.tier, 0) + 1
+            out[p.message.tier] = out.get(p.message.tier, 0) + p.message.items
         return out
 
     # ----------------------------------------------------------------- reading

@@ -23,6 +23,7 @@ from hub_role.signing import Ed25519Verifier, Signer, Verifier
 from mesh.acks import AckTracker
 from mesh.chunking import Reassembler, max_chunk_for, split_body
 from mesh.codec import (
+    MAX_LABEL,
     MessageError,
     decode_message,
     encode_message,
@@ -204,11 +205,12 @@ class Node(HubRole):
         self._verifier: Verifier = verifier if verifier is not None else Ed25519Verifier()
         self._router: HubRouter | None = None  # created at the first input (it needs `now`)
         self._write_started: dict[int, tuple[float, frozenset[str]]] = {}
-        self._resolver_names = {
+        self._resolver_names = {  # cut to what a stats message carries (MAX_LABEL)
             tier: next(
                 (n for n, f in BUILTIN_RESOLVERS.items() if f is policy.resolver),
-                getattr(policy.resolver, "__name__", "custom"),
-            )
+                str(getattr(policy.resolver, "__name__", "")),
+            )[:MAX_LABEL]
+            or "custom"
             for tier, policy in memory.config.tiers.items()
         }
 
@@ -256,12 +258,11 @@ class Node(HubRole):
             effects = self._on_lease_release(event)
         elif isinstance(event, Leaving):
             # Peers then stop probing us and, if we are the hub, elect the next one at once
-            # instead of after the hub timeout.
-            effects = (
-                []
-                if self.membership.left
-                else self._outgoing(self.membership.leave(now, everyone=True))
-            )
+            # instead of after the hub timeout. A hub first hands out every relayed batch it
+            # still queues: it acked them to their origins, which no longer track them.
+            effects = [] if self.membership.left else self._drain_relay(everything=True)
+            if not self.membership.left:
+                effects.extend(self._outgoing(self.membership.leave(now, everyone=True)))
         else:
             effects = self._on_query_request(event)
         effects.extend(self._membership_changes())

@@ -18,7 +18,7 @@ from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.stats import MeshStats
 from mesh.acks import AckTracker
 from mesh.chunking import FRAME_OVERHEAD
-from mesh.codec import encode_message
+from mesh.codec import U64, encode_message
 from mesh.config import NodeConfig
 from mesh.effects import Effect, Emit, LeaseAnswered, Log, Send, WriteAcked, WriteFailed
 from mesh.frames import DEFAULT_LIMITS, Flags, Frame, Priority
@@ -384,7 +384,7 @@ class HubRole:
     def _on_lease_request(self, request: LeaseRequested) -> list[Effect]:
         router = self._hub_router()
         name, rid = request.name, request.request_id
-        if not 1 <= len(name) <= MAX_LEASE_NAME or not 0 < request.ttl_s <= MAX_LEASE_TTL_S:
+        if not _lease_name_ok(name) or not 0 < request.ttl_s <= MAX_LEASE_TTL_S:
             return [LeaseAnswered(rid, name, False, error="bad lease name or ttl")]
         hub = router.hub
         if hub is None:
@@ -449,8 +449,14 @@ class HubRole:
         effects, grant = self._grant_lease(request.request_id, request.name, peer_id, ttl_s)
         return [*effects, self._send(peer_id, grant, Priority.HIGH)]
 
-    def _on_lease_grant(self, grant: LeaseGrant) -> list[Effect]:
-        pending = self._hub_router().lease_pending.pop(grant.request_id, None)
+    def _on_lease_grant(self, peer_id: str, grant: LeaseGrant) -> list[Effect]:
+        router = self._hub_router()
+        hub = router.hub
+        if hub is None or peer_id != hub.id:
+            # Requests go to the hub, and a change of hub answers those pending: only the
+            # hub's answer counts (any member could otherwise forge a grant).
+            return [Log("warning", "lease answer not from the hub ignored", {"peer": peer_id})]
+        pending = router.lease_pending.pop(grant.request_id, None)
         if pending is None or pending[1] != grant.name:
             return []
         return [self._lease_answer(pending[0], grant)]
@@ -458,12 +464,10 @@ class HubRole:
     def _on_lease_release(self, release: LeaseReleased) -> list[Effect]:
         router = self._hub_router()
         hub = router.hub
-        if hub is None:
-            return []
+        if hub is None or not _lease_name_ok(release.name) or not 0 <= release.token <= U64:
+            return []  # no lease could have that name or token
         if router.is_hub:
             router.leases.release(release.name, self.node_id, release.token)
-            return []
-        if not 1 <= len(release.name) <= MAX_LEASE_NAME:
             return []
         message = LeaseRelease(release.name, self.node_id, release.token)
         return [self._send(hub.id, message, Priority.HIGH)]
@@ -521,7 +525,18 @@ class HubRole:
         if isinstance(message, LeaseRequest):
             return self._on_lease_request_frame(peer_id, message)
         if isinstance(message, LeaseGrant):
-            return self._on_lease_grant(message)
+            return self._on_lease_grant(peer_id, message)
         if router.is_hub and message.node_id == peer_id:
             router.leases.release(message.name, message.node_id, message.token)
         return []
+
+
+def _lease_name_ok(name: str) -> bool:
+    """True for a lease name the wire takes: 1..MAX_LEASE_NAME characters, valid UTF-8."""
+    if not 1 <= len(name) <= MAX_LEASE_NAME:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
