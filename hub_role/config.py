@@ -22,7 +22,9 @@ class HubConfig:
     origin_rate_per_s: float = 200.0  # per-origin token bucket: sustained envelopes/s ...
     origin_burst: int = 400  # ... and burst
     relay_ack_timeout_s: float = 1.0  # an origin re-floods P2P what the hub did not ack
-    queue_max: int = 100_000  # envelopes held by the hub across all queues
+    queue_max: int = 100_000  # envelopes held by the hub across all queues ...
+    queue_max_bytes: int = 64 << 20  # ... and their bytes
+    origin_deferred_max: int = 400  # envelopes of one origin held back by its rate at once
     stats_interval_s: float = 5.0  # every node reports to the hub, the hub publishes, this often
     stats_max_age_s: float = 30.0  # the hub leaves out reports older than this
 
@@ -42,5 +44,9 @@ class HubConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if min(self.relay_burst, self.low_batch_max, self.origin_burst, self.queue_max) < 1:
-            raise ValueError("relay_burst, low_batch_max, origin_burst, queue_max must be >= 1")
+        counts = (self.relay_burst, self.low_batch_max, self.origin_burst, self.queue_max)
+        if min(*counts, self.queue_max_bytes, self.origin_deferred_max) < 1:
+            raise ValueError(
+                "relay_burst, low_batch_max, origin_burst, queue_max, queue_max_bytes and "
+                "origin_deferred_max must be >= 1"
+            )

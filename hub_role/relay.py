@@ -1,15 +1,19 @@
 """The hub's relay queue: pure. HIGH first, then NORMAL, LOW batched; per-origin rate limit.
 
 Nothing is dropped for being over an origin's rate: the envelope waits (deferred) until the
-origin's token bucket allows it, so a flooding node slows only itself. The queue refuses a
-push only past `queue_max` envelopes; the Node then falls back to peer-to-peer flooding.
+origin's token bucket allows it, so a flooding node slows only itself, up to
+`origin_deferred_max` of its envelopes waiting at once: past that its pushes are refused
+(`Push.OVER_SHARE`; the Node leaves them unacked, so the origin floods them peer to peer
+itself). Past `queue_max` envelopes or `queue_max_bytes` bytes the queue is full
+(`Push.FULL`); the Node then fans the envelope out at once.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
+from enum import Enum
 from typing import Final
 
 from hub_role.config import HubConfig
@@ -37,6 +41,14 @@ class Envelope:
     tier: str | None = None  # the tier its update is for: fanned out only to its replicas
 
 
+class Push(Enum):
+    """What `RelayQueue.push` did with an envelope."""
+
+    QUEUED = "queued"  # queued, or deferred under its origin's rate
+    FULL = "full"  # the queue holds `queue_max` envelopes or `queue_max_bytes` bytes
+    OVER_SHARE = "over_share"  # its origin already has `origin_deferred_max` deferred
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: float
@@ -58,8 +70,11 @@ class RelayQueue:
         self._seq = 0
         self._next_drain = 0.0
         self._low_open = False
+        self._bytes = 0  # of the envelopes held
+        self._deferred_by_origin: Counter[str] = Counter()
         self.deferred_total = 0  # envelopes held back by an origin's rate limit
         self.refused_total = 0  # pushes refused because the queue was full
+        self.over_share_total = 0  # pushes refused: the origin had too many deferred
 
     def __len__(self) -> int:
         """Return the envelopes held (queued and deferred)."""
@@ -71,11 +86,13 @@ class RelayQueue:
         out["deferred"] = len(self._deferred)
         return out
 
-    def push(self, envelope: Envelope, now: float) -> bool:
-        """Queue an envelope (urgent priorities count as HIGH); False if the queue is full."""
-        if len(self) >= self.config.queue_max:
+    def push(self, envelope: Envelope, now: float) -> Push:
+        """Queue an envelope (urgent priorities count as HIGH), or say why not."""
+        config = self.config
+        held_bytes = self._bytes + len(envelope.data)
+        if len(self) >= config.queue_max or held_bytes > config.queue_max_bytes:
             self.refused_total += 1
-            return False
+            return Push.FULL
         bucket = self._buckets.get(envelope.origin)
         rate, burst = self.config.origin_rate_per_s, float(self.config.origin_burst)
         if bucket is None:
@@ -84,15 +101,22 @@ class RelayQueue:
             bucket = self._buckets[envelope.origin] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
+        if bucket.tokens < 1.0 and self._deferred_by_origin[envelope.origin] >= (
+            config.origin_deferred_max
+        ):
+            self.over_share_total += 1
+            return Push.OVER_SHARE
         bucket.tokens -= 1.0
+        self._bytes += len(envelope.data)
         if bucket.tokens >= 0:
             self._enqueue(envelope)
         else:
             self.deferred_total += 1
+            self._deferred_by_origin[envelope.origin] += 1
             self._seq += 1
             ready = now + (-bucket.tokens) / rate
             heapq.heappush(self._deferred, (ready, self._seq, envelope))
-        return True
+        return Push.QUEUED
 
     def _prune_buckets(self, now: float) -> None:
         """Forget origins whose bucket has refilled: a full bucket is the same as none.
@@ -111,7 +135,13 @@ class RelayQueue:
     def pop_ready(self, now: float, *, everything: bool = False) -> list[Envelope]:
         """Return the envelopes to fan out now, best priority first (all of them if asked)."""
         while self._deferred and (everything or self._deferred[0][0] <= now):
-            self._enqueue(heapq.heappop(self._deferred)[2])
+            envelope = heapq.heappop(self._deferred)[2]
+            left = self._deferred_by_origin[envelope.origin] - 1
+            if left:
+                self._deferred_by_origin[envelope.origin] = left
+            else:
+                del self._deferred_by_origin[envelope.origin]
+            self._enqueue(envelope)
         if not everything and now < self._next_drain:
             return []
         low = self._queues[Priority.LOW]
@@ -133,6 +163,7 @@ class RelayQueue:
             self._low_open = False
         if out:
             self._next_drain = now + self.config.relay_interval_s
+            self._bytes -= sum(len(envelope.data) for envelope in out)
         return out
 
     def next_deadline(self) -> float | None:

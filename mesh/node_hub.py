@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hub_role.election import HubInfo
 from hub_role.leases import LeaseLimitReached, LeaseTable
-from hub_role.relay import Envelope
+from hub_role.relay import Envelope, Push
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
 from hub_role.stats import MeshStats
 from mesh.acks import AckTracker
@@ -165,7 +165,7 @@ class HubRole:
                 router.counters.relayed_sent += 1
                 router.stats.on_batch(message.tier, message.items, relayed=True)
                 if hub_id is None:  # we are the hub: fan our own update out by priority
-                    return self._queue_relay(envelope, priority, message.tier)
+                    return self._queue_relay(envelope, priority, message.tier) or []
                 router.track(hub_id, message, priority, flags, self._now)
                 return [self._send(hub_id, envelope, priority)]
         peers = [p for p in sorted(self._links) if message.tier in self._shared_tiers(p)]
@@ -206,15 +206,25 @@ class HubRole:
         )
         return inner if len(inner) <= cap else None
 
-    def _queue_relay(self, envelope: HubRelay, priority: Priority, tier: str) -> list[Effect]:
-        """As the hub: queue an envelope for fan-out (RELAYED), then send what is due."""
+    def _queue_relay(
+        self, envelope: HubRelay, priority: Priority, tier: str, *, acked: bool = True
+    ) -> list[Effect] | None:
+        """As the hub: queue an envelope for fan-out (RELAYED), then send what is due.
+
+        None when its origin (not this node) already has too many envelopes waiting on its
+        rate (`Push.OVER_SHARE`) and it is not `acked` yet: left unacked, the origin floods
+        it peer to peer itself. An acked one is fanned out at once instead.
+        """
         router = self._hub_router()
         outer = encode_message(
             envelope, priority=priority, timestamp_ns=int(self._now * 1e9), flags=Flags.RELAYED
         )
         queued = Envelope(envelope.origin, priority, outer, self._now, tier)
-        if not router.queue.push(queued, self._now):
-            # Queue full: fan out at once rather than lose or delay it unbounded.
+        pushed = router.queue.push(queued, self._now)
+        if pushed is Push.OVER_SHARE and envelope.origin != self.node_id and not acked:
+            return None
+        if pushed is not Push.QUEUED:
+            # Queue full (or our own over its rate): fan out at once rather than lose it.
             return self._fan_out([queued])
         return self._drain_relay()
 
@@ -253,11 +263,18 @@ class HubRole:
         if peer_id != envelope.origin:
             return effects  # fanned out by the hub: apply only
         # Handed to us by its origin, as its hub: ack the commit (the origin stops tracking
-        # it), then fan it out; if we are not the hub after all, flood it on instead.
+        # it), then fan it out; if we are not the hub after all, flood it on instead. An
+        # origin over its share of the queue gets no ack: it floods the batch itself.
+        relayed: list[Effect] | None = []
+        if fresh and router.is_hub:
+            acked = bool(inner_frame.flags & Flags.REQUIRES_ACK)  # _on_sync acked it already
+            relayed = self._queue_relay(envelope, inner_frame.priority, inner.tier, acked=acked)
+        if relayed is None:
+            return effects
         if self._seen.get(inner.batch_id) and not inner_frame.flags & Flags.REQUIRES_ACK:
             effects.append(self._send(envelope.origin, SyncAck(inner.batch_id, self.node_id)))
         if fresh and router.is_hub:
-            effects.extend(self._queue_relay(envelope, inner_frame.priority, inner.tier))
+            effects.extend(relayed)
         elif fresh:
             effects.extend(self._forward(peer_id, inner, envelope.frame, inner_frame.priority))
         return effects

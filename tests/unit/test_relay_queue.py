@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hub_role.config import HubConfig
-from hub_role.relay import Envelope, RelayQueue
+from hub_role.relay import Envelope, Push, RelayQueue
 from mesh.frames import Priority
 
 
@@ -54,7 +54,7 @@ def test_urgent_priorities_queue_as_high() -> None:
 def test_a_flooding_origin_is_deferred_not_dropped() -> None:
     queue = RelayQueue(HubConfig(origin_rate_per_s=10.0, origin_burst=2, relay_burst=100))
     for i in range(5):
-        assert queue.push(env("noisy", Priority.HIGH, f"x{i}"), 0.0)
+        assert queue.push(env("noisy", Priority.HIGH, f"x{i}"), 0.0) is Push.QUEUED
     queue.push(env("quiet", Priority.NORMAL, "q"), 0.0)
     first = [e.data.decode() for e in queue.pop_ready(0.0)]
     assert first == ["x0", "x1", "q"]
@@ -66,12 +66,33 @@ def test_a_flooding_origin_is_deferred_not_dropped() -> None:
 
 def test_full_queue_refuses_and_everything_empties_it() -> None:
     queue = RelayQueue(HubConfig(queue_max=2, low_batch_s=10.0))
-    assert queue.push(env("a", Priority.LOW, "1"), 0.0)
-    assert queue.push(env("b", Priority.LOW, "2"), 0.0)
-    assert not queue.push(env("c", Priority.LOW, "3"), 0.0)
+    assert queue.push(env("a", Priority.LOW, "1"), 0.0) is Push.QUEUED
+    assert queue.push(env("b", Priority.LOW, "2"), 0.0) is Push.QUEUED
+    assert queue.push(env("c", Priority.LOW, "3"), 0.0) is Push.FULL
     assert queue.refused_total == 1
     assert queue.pop_ready(0.0) == []
     assert len(queue.pop_ready(0.0, everything=True)) == 2
+
+
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    queue = RelayQueue(HubConfig(queue_max_bytes=10, low_batch_s=10.0))
+    assert queue.push(env("a", Priority.LOW, "x" * 6), 0.0) is Push.QUEUED
+    assert queue.push(env("b", Priority.LOW, "y" * 5), 0.0) is Push.FULL
+    assert queue.push(env("b", Priority.LOW, "y" * 4), 0.0) is Push.QUEUED
+    assert len(queue.pop_ready(0.0, everything=True)) == 2
+    assert queue.push(env("b", Priority.LOW, "z" * 10), 0.0) is Push.QUEUED  # bytes freed
+
+
+def test_one_origin_cannot_hold_more_than_its_share_of_deferred_envelopes() -> None:
+    """Regression: one member deferred 100,000 envelopes (GBs) past its rate limit."""
+    config = HubConfig(origin_rate_per_s=10.0, origin_burst=2, origin_deferred_max=3)
+    queue = RelayQueue(config)
+    results = [queue.push(env("noisy", Priority.HIGH, f"x{i}"), 0.0) for i in range(8)]
+    assert results == [Push.QUEUED] * 5 + [Push.OVER_SHARE] * 3  # 2 at once, 3 deferred
+    assert queue.over_share_total == 3 and queue.backlog()["deferred"] == 3
+    assert queue.push(env("quiet", Priority.HIGH, "q"), 0.0) is Push.QUEUED
+    drain(queue, 1.0)
+    assert queue.push(env("noisy", Priority.HIGH, "later"), 1.0) is Push.QUEUED
 
 
 def test_rate_limit_state_of_many_origins_stays_bounded_and_still_limits() -> None:
