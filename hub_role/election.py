@@ -245,7 +245,10 @@ class Election:
     def tick(self, now: float, alive: Sequence[str]) -> list[HubClaim]:
         """Run timers; `alive` is this node's live membership view (ids, self excluded)."""
         hub = self._hub
-        if hub is not None and not self.is_hub and now - self._heard_at >= self.config.timeout_s:
+        # Compared as `next_deadline` computes it: `now - heard >= timeout` can be false at
+        # now == heard + timeout (float rounding), and a driver ticking at the deadline then
+        # finds it due again at once, forever.
+        if hub is not None and not self.is_hub and now >= self._heard_at + self.config.timeout_s:
             self._lose(now, alive)
             hub = None
         if self.is_hub and self._next_heartbeat is not None and now >= self._next_heartbeat:

@@ -840,9 +840,28 @@ class Node(HubRole):
                 effects.append(self._step1(peer_id, tier))
         return effects
 
+    def _cut_off_from_hub(self) -> bool:
+        """True if a hub serves but we have no link to it: its fan-out never reaches us."""
+        hub = self._hub_router().hub
+        return hub is not None and hub.id != self.node_id and hub.id not in self._links
+
+    def _anti_entropy_interval(self) -> float:
+        """Digests go out every interval; often while cut off from the hub (they bring its
+        relayed updates by another link: receivers do not forward relayed frames)."""
+        interval = self.config.anti_entropy_interval_s
+        if self._cut_off_from_hub():
+            interval = min(interval, 2 * self.config.hub.relay_ack_timeout_s)
+        return interval
+
     def _anti_entropy(self) -> list[Effect]:
-        """Send our tier roots to one random member (dead ones too: a healed partition)."""
+        """Send our tier roots to one random member (dead ones too: a healed partition).
+
+        While cut off from the hub, to a random linked peer instead: it has what the hub
+        fanned out.
+        """
         peer = self.membership.random_member(self._rng)
+        if self._cut_off_from_hub() and self._links:
+            peer = self._rng.choice(sorted(self._links))
         if peer is None:
             return []
         roots = tuple((t, self.memory.digest(t).root()) for t in self.config.tiers)
@@ -1063,8 +1082,10 @@ class Node(HubRole):
         due = self._outbox.due
         if due is not None and now >= due:
             effects.extend(self._flush())
+        if self._next_ae is not None and self._cut_off_from_hub():
+            self._next_ae = min(self._next_ae, now + self._anti_entropy_interval())
         if self._next_ae is not None and now >= self._next_ae:
-            self._next_ae = now + self.config.anti_entropy_interval_s
+            self._next_ae = now + self._anti_entropy_interval()
             effects.extend(self._anti_entropy())
         effects.extend(self.acks.expire(now))
         effects.extend(self._hub_tick())

@@ -23,7 +23,7 @@ from mesh.inputs import (
 )
 from mesh.messages import LeaseGrant
 from mesh.node import Node
-from tests.unit.test_hub_bounds import hub_mesh
+from tests.unit.test_hub_bounds import hub_mesh, hub_node
 from tests.unit.test_node import QUIET, TIERS, Net
 
 
@@ -115,3 +115,20 @@ def test_a_custom_resolver_with_a_long_name_does_not_break_the_stats() -> None:
         name
         == keep_the_most_recent_write_then_the_longest_content_then_the_lowest_node_id.__name__[:64]
     )
+
+
+def test_a_node_that_cannot_link_to_the_hub_still_gets_relayed_updates_soon() -> None:
+    """Regression: the hub fans out over its own links only and receivers do not forward
+    relayed frames, so d (no link to the hub) waited for anti-entropy (here: an hour)."""
+    keyring: dict[str, bytes] = {}
+    nodes = {i: hub_node(i, keyring) for i in ("a", "b", "d", "z")}
+    net = Net(*nodes.values())
+    net.unlinkable.add(frozenset(("d", "z")))
+    for x, y in [("a", "b"), ("a", "d"), ("a", "z"), ("b", "d"), ("b", "z")]:
+        net.link(x, y)
+    net.advance(5.0)
+    assert {n.hub.id for n in nodes.values() if n.hub is not None} == {"z"}
+    assert "z" not in nodes["d"].links
+    net.do("a", WriteRequested(1, puts=[NewItem("L1", "hello", "w1")], priority=Priority.NORMAL))
+    net.advance(net.now + 10.0)
+    assert all("w1" in n.memory for n in nodes.values())
