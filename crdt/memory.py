@@ -245,9 +245,11 @@ class TieredMemory:
             writes[item.tier].append((item.id, self.node_id, encode_record(item)))
             self._collapse_elsewhere(item.id, item.tier, item.updated, writes, item.tier)
         updates = self._commit_writes(writes)
-        events = []
+        events: list[MemoryEvent] = []
         for item in built:
-            self._refresh(item.id, item.tier, origin="local", known=item)
+            # `events` too: a write that collapses a conflict emits RESOLVED, which must be
+            # persisted with the write (it was only in the ring, and gone after a restart).
+            self._refresh(item.id, item.tier, origin="local", known=item, events=events)
             events.append(self._event(item.tier, item.id, EventKind.PUT, "local", item))
         return self._change(updates, events, items=built)
 
@@ -432,9 +434,10 @@ class TieredMemory:
         writes[current.tier].append((item_id, self.node_id, encode_record(dead)))
         self._collapse_elsewhere(item_id, current.tier, ts, writes, None)
         updates = self._commit_writes(writes)
-        self._refresh(item_id, current.tier, origin="local")
-        event = self._event(current.tier, item_id, EventKind.DELETE, "local", dead)
-        return self._change(updates, [event])
+        events: list[MemoryEvent] = []
+        self._refresh(item_id, current.tier, origin="local", events=events)
+        events.append(self._event(current.tier, item_id, EventKind.DELETE, "local", dead))
+        return self._change(updates, events)
 
     def move(self, item_id: str, to_tier: str, now_ms: int) -> Change:
         """Move a live item to another tier: write it there, leave a moved_to tombstone."""
@@ -463,11 +466,12 @@ class TieredMemory:
         writes[to_tier].append((item_id, self.node_id, encode_record(moved)))
         self._collapse_elsewhere(item_id, to_tier, ts, writes, to_tier)
         updates = self._commit_writes(writes)
-        self._refresh(item_id, to_tier, origin="local", known=moved)
-        event = self._event(
-            to_tier, item_id, EventKind.MOVE, "local", moved, {"from": current.tier}
+        events: list[MemoryEvent] = []
+        self._refresh(item_id, to_tier, origin="local", known=moved, events=events)
+        events.append(
+            self._event(to_tier, item_id, EventKind.MOVE, "local", moved, {"from": current.tier})
         )
-        return self._change(updates, [event], items=[moved])
+        return self._change(updates, events, items=[moved])
 
     def _collapse_elsewhere(
         self,

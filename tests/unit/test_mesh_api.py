@@ -533,3 +533,27 @@ async def test_a_write_through_a_closed_runtime_fails_instead_of_waiting(tmp_pat
         assert failed.value.applied is False
         node.attach(None)
         assert "x" not in node.memory
+
+
+@pytest.mark.parametrize("resolve", ["put", "delete", "move"])
+async def test_a_local_write_that_resolves_a_conflict_persists_its_resolved_event(
+    tmp_path: Path, resolve: str
+) -> None:
+    """Regression: the RESOLVED event of a local put, delete or move was only in the ring."""
+    async with Mesh.open(tmp_path / "b") as other:
+        await other.put("L1", "from b", id="x")
+        theirs = await other.export_tier("L1")
+    async with Mesh.open(tmp_path / "a") as mesh:
+        await mesh.put("L1", "from a", id="x")
+        await mesh.apply_update("L1", theirs)
+        assert len(mesh.conflicts("x")) == 2
+        if resolve == "put":
+            await mesh.put("L1", "a resolves it", id="x")
+        elif resolve == "delete":
+            await mesh.delete("x")
+        else:
+            await mesh.move("x", "L2")
+        before = [(e.seq, e.kind.value) for e in mesh.events()]
+    assert "resolved" in [kind for _seq, kind in before]
+    async with Mesh.open(tmp_path / "a") as mesh:
+        assert [(e.seq, e.kind.value) for e in mesh.events()] == before
