@@ -490,11 +490,13 @@ class EventLog:
         since_hlc: str | None = None,
         until_hlc: str | None = None,
         limit: int | None = None,
+        before_seq: int | None = None,
     ) -> list[MemoryEvent]:
         """Return held events matching every given filter, in seq order, at most `limit`.
 
         `pattern` is a glob on the address (see module doc), `since_seq` is exclusive,
-        `since_hlc` inclusive and `until_hlc` exclusive (plain string comparison).
+        `since_hlc` inclusive and `until_hlc` exclusive (plain string comparison),
+        `before_seq` exclusive.
         """
         if limit is not None and limit <= 0:
             return []
@@ -503,6 +505,8 @@ class EventLog:
         kind_set = None if kinds is None else frozenset(kinds)
         out: list[MemoryEvent] = []
         for ev, addr in self._scan(self._first if since_seq is None else since_seq + 1):
+            if before_seq is not None and ev.seq >= before_seq:
+                break
             if (
                 (tier_set is not None and ev.tier not in tier_set)
                 or (kind_set is not None and ev.kind not in kind_set)
@@ -586,11 +590,13 @@ class Subscription:
             self._cursor = first
             raise missed
 
-    def poll(self, max_items: int = 1000) -> list[MemoryEvent]:
+    def poll(self, max_items: int = 1000, *, before_seq: int | None = None) -> list[MemoryEvent]:
         """Return up to `max_items` matching events after the cursor and advance past them.
 
-        Raises EventsMissed (and moves the cursor to `resume_seq`) if seqs after the cursor
-        were evicted before being read; the next call continues from there.
+        With `before_seq`, only events of lower seqs (the ones known durable, say): the
+        cursor stops there. Raises EventsMissed (and moves the cursor to `resume_seq`) if
+        seqs after the cursor were evicted before being read; the next call continues
+        from there.
         """
         if self._closed:
             raise RuntimeError("subscription is closed")
@@ -599,6 +605,8 @@ class Subscription:
         self._check_missed()
         log = self._log
         seq, end = self._cursor, log._next
+        if before_seq is not None:
+            end = min(end, before_seq)
         out: list[MemoryEvent] = []
         if seq < end:
             buf, addr, cap, match = log._buf, log._addr, log._cap, self._match

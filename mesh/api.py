@@ -95,6 +95,7 @@ class Mesh:
         self._identity: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._drained = asyncio.Event()
+        self._durable_events = 0  # the highest event seq known committed (kept after close)
         self._runtime: NodeRuntime | None = None
         self._blocking_streams: set[Subscription] = set()
         self._search_turn = asyncio.Lock()  # one search planned and scored at a time
@@ -129,9 +130,10 @@ class Mesh:
             self._identity = await loop.run_in_executor(
                 None, NodeIdentity.load_or_create, self.data_dir
             )
-            self._committer = GroupCommitter(store, on_events=self._changed.set)
+            self._committer = GroupCommitter(store, on_events=self._events_committed)
             memory, open_meta = await self._committer.run(self._load)
             self._memory = memory
+            self._committer.events_committed = memory.events.last_seq  # restored: on disk
             try:
                 await self._committer.run(lambda s: s.commit(meta=open_meta))
             except StoreFullError as exc:
@@ -387,6 +389,22 @@ class Mesh:
         if events:
             self._changed.set()
 
+    def _events_committed(self, seq: int) -> None:
+        """The committer made events up to `seq` durable: subscribers may have them."""
+        self._durable_events = max(self._durable_events, seq)
+        self._changed.set()
+
+    def durable_event_bound(self) -> int:
+        """Return the first event seq not known durable: readers get only events below it.
+
+        An event is in the ring as soon as its change is made, before its commit; a crash
+        then would hand its seq to another event after the restart.
+        """
+        committer = self._committer
+        if committer is not None:
+            self._durable_events = max(self._durable_events, committer.events_committed)
+        return self._durable_events + 1
+
     def attach(self, runtime: NodeRuntime | None) -> None:
         """Route writes through a running Node (the daemon), or back to local-only."""
         self._runtime = runtime
@@ -512,7 +530,11 @@ class Mesh:
     ) -> list[MemoryEvent]:
         """Return retained events matching the criteria, oldest first."""
         return self.memory.events.query(
-            pattern=pattern, since_seq=since_seq, kinds=kinds, limit=limit
+            pattern=pattern,
+            since_seq=since_seq,
+            kinds=kinds,
+            limit=limit,
+            before_seq=self.durable_event_bound(),
         )
 
     def subscribe(
@@ -640,13 +662,17 @@ class EventStream:
         """Return the next matching event; raise EventsMissed if the ring overran us."""
         mesh = self._mesh
         while not self._buffer:
-            if mesh._committer is None or self._sub.closed:
+            if self._sub.closed:
                 raise StopAsyncIteration
-            self._buffer = self._sub.poll()
+            # Durable events only; at close, those committed are still delivered first.
+            self._buffer = self._sub.poll(before_seq=mesh.durable_event_bound())
             mesh._drained.set()
-            if not self._buffer:
-                mesh._changed.clear()
-                await mesh._changed.wait()
+            if self._buffer:
+                break
+            if mesh._committer is None:
+                raise StopAsyncIteration
+            mesh._changed.clear()
+            await mesh._changed.wait()
         return self._buffer.pop(0)
 
     async def aclose(self) -> None:

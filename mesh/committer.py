@@ -40,9 +40,10 @@ class GroupCommitter:
         store: SqliteStore,
         *,
         max_batch: int = 10_000,
-        on_events: Callable[[], None] | None = None,
+        on_events: Callable[[int], None] | None = None,
     ) -> None:
-        """Wrap an open store; `on_events()` runs on the loop after each commit that held events."""
+        """Wrap an open store; `on_events(seq)` runs on the loop after each commit that held
+        events, with the highest event seq committed so far."""
         self._store = store
         self._on_events = on_events
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -59,6 +60,9 @@ class GroupCommitter:
         self._max_batch = max_batch
         self.commits = 0
         self.changes_committed = 0
+        # The highest event seq committed (the owner sets it to what the store held at open):
+        # changes commit in the order they were made, so every lower seq is durable too.
+        self.events_committed = 0
 
     @property
     def store(self) -> SqliteStore:
@@ -156,8 +160,11 @@ class GroupCommitter:
                     self._durable.set()  # every batch starts with the whole backlog
                 # Also after a retry, whose writers were already told of the failure: nobody
                 # else would wake the subscribers of the events it made durable.
-                if self._on_events is not None and any(p.change.events for p in batch):
-                    self._on_events()
+                last = max((p.change.events[-1].seq for p in batch if p.change.events), default=0)
+                if last > self.events_committed:
+                    self.events_committed = last
+                    if self._on_events is not None:
+                        self._on_events(last)
                 for pending in batch:
                     for waiter in pending.waiters:
                         if not waiter.done():
@@ -221,6 +228,11 @@ class GroupCommitter:
                 except Exception:
                     if not all(p.droppable for p in self._backlog):
                         raise
+                else:
+                    self.events_committed = max(
+                        [self.events_committed]
+                        + [p.change.events[-1].seq for p in self._backlog if p.change.events]
+                    )
                 self._backlog = []
                 self._carried_meta = {}
                 self._durable.set()
