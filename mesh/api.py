@@ -613,7 +613,7 @@ class Mesh:
             # snapshot, taken from memory, would put the failed change (and its clock
             # ceiling, or the open's carried rows) on disk ahead of its own commit. After
             # this flush nothing is awaited until the compaction is on the store thread.
-            await committer.flush()
+            await self._settled(committer)
             if committer.failing:
                 break
             snapshot = memory.tier_doc(tier).encode_diff()
@@ -624,6 +624,20 @@ class Mesh:
             keep = self.config.event_capacity
             await committer.run(lambda s: s.trim_events(keep_last=keep))
         return removed
+
+    async def _settled(self, committer: GroupCommitter) -> None:
+        """Return once every change made in memory was handed to the committer and written.
+
+        Under a daemon a Node input changes memory at once while its Persist waits in the
+        runtime's queue: a snapshot taken then would put that change on disk ahead of its
+        own commit (its events and clock ceiling not with it). Nothing is awaited between
+        this returning and the caller's snapshot.
+        """
+        await committer.flush()
+        runtime = self._runtime
+        while runtime is not None and not runtime.idle:
+            await runtime.wait_idle()
+            await committer.flush()
 
     async def integrity_check(self) -> str:
         """Return SQLite's integrity check of the store ("ok" when sound)."""

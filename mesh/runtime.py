@@ -117,6 +117,8 @@ class NodeRuntime:
         # Each entry: one input's effects, and the request id when the input was a write.
         self._queue: asyncio.Queue[tuple[list[Effect], int | None] | None] = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no effects are queued or running
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._connects: dict[str, asyncio.Task[None]] = {}
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -209,6 +211,7 @@ class NodeRuntime:
                 event.request_id if isinstance(event, WriteRequested | ImportRequested) else None
             )
             self._queue.put_nowait((effects, write))
+            self._idle.clear()
         self._wake.set()
 
     @property
@@ -269,6 +272,7 @@ class NodeRuntime:
         while True:
             entry = await self._queue.get()
             if entry is None:
+                self._idle.set()
                 return
             effects, write = entry
             try:
@@ -276,6 +280,18 @@ class NodeRuntime:
             except Exception:  # one failing effect must not stop every later one
                 self.stats.effect_failures += 1
                 log.exception("running %d effect(s) failed; the executor goes on", len(effects))
+            finally:
+                if self._queue.empty():
+                    self._idle.set()
+
+    @property
+    def idle(self) -> bool:
+        """True while no input's effects are queued or running (every Persist handed over)."""
+        return self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Return once no input's effects are queued or running."""
+        await self._idle.wait()
 
     async def _run(self, effects: list[Effect], write: int | None = None) -> None:
         """Carry out one input's effects in order; `write` is its request id for a write."""
@@ -389,6 +405,7 @@ class NodeRuntime:
         await self._committer.recovered()
         if not self._closed:
             self._queue.put_nowait(([], None))  # `_run` sends the held frames first
+            self._idle.clear()
 
     def _send_held(self) -> None:
         """Send the held frames in order if no failed commit waits any more; else keep them."""

@@ -22,6 +22,7 @@ from mesh import committer as committer_module
 from mesh.api import Mesh
 from mesh.config import NodeConfig
 from mesh.frames import Priority, carries_replica_data
+from mesh.inputs import WriteRequested
 from mesh.node import Node
 from mesh.runtime import NodeRuntime, WriteError
 from mesh.store import SqliteStore, StoreFullError
@@ -252,3 +253,29 @@ async def test_a_write_failing_while_the_compaction_waits_stops_it(
         await mesh.put("L1", "carries it", id="after")
     async with Mesh.open(tmp_path) as mesh:
         assert (await mesh.get("failed")).content == "failed meanwhile"
+
+
+async def test_a_daemon_compaction_waits_for_changes_still_queued_in_the_runtime(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a Node input changes memory at once while its Persist waits in the
+    runtime's queue; a compaction snapshotting then would put that change on disk ahead of
+    its own commit. The compaction now waits until the runtime has handed everything over."""
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.put("L1", "old", id="old")
+        node = Node(mesh.memory, NodeConfig(), random.Random(1))
+        runtime = NodeRuntime(node, mesh._running(), RecordingTransport())  # not started yet
+        mesh.attach(runtime)
+        request_id, written = runtime.new_request_id()
+        runtime.submit(WriteRequested(request_id, puts=(NewItem("L1", "queued", "q"),)))
+        assert "q" in mesh.memory and not runtime.idle  # in memory, its Persist queued
+        compacting = asyncio.ensure_future(mesh.compact())
+        await asyncio.sleep(0.05)
+        assert not compacting.done()  # waits for the runtime instead of snapshotting
+        await runtime.start()  # the executor hands the Persist over
+        await written
+        assert (await compacting)["L1"] >= 1
+        await runtime.close()
+        mesh.attach(None)
+    async with Mesh.open(tmp_path) as mesh:
+        assert [e.item_id for e in mesh.events()] == ["old", "q"]
