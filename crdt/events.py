@@ -136,6 +136,8 @@ class MemoryEvent:
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> MemoryEvent:
         """Parse the output of `to_json`; raise ValueError on missing or mistyped fields."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"an event is a JSON object, not {type(d).__name__}")
         detail = d.get("detail", {})
         if not isinstance(detail, Mapping):
             raise ValueError("event field 'detail' must be an object")

@@ -79,6 +79,8 @@ async def cmd_put(mesh: Mesh, args: argparse.Namespace) -> None:
         metadata = json.loads(args.metadata) if args.metadata else None
     except json.JSONDecodeError as exc:
         raise CliError(f"--metadata is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CliError("--metadata is nested too deeply") from None
     ack = AckLevel(args.ack)
     if ack is not AckLevel.LOCAL and getattr(args, "daemon", None) is None:
         raise CliError(f"--ack {ack.value} needs a running daemon (`memmesh run`)")

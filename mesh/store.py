@@ -121,7 +121,8 @@ def _inspect_existing(path: Path) -> bool:
             raise StoreVersionError(f"{path}: unsupported schema version {version}")
         check = [str(row[0]) for row in ro.execute("PRAGMA quick_check").fetchall()]
         if check != ["ok"]:
-            raise StoreCorruptError(f"{path}: quick_check failed: {'; '.join(check[:5])}")
+            found = "; ".join(" ".join(line.split()) for line in check[:5])  # one line
+            raise StoreCorruptError(f"{path}: quick_check failed: {found}")
     except sqlite3.DatabaseError as exc:
         raise StoreCorruptError(f"{path}: unreadable SQLite database: {exc}") from exc
     finally:

@@ -51,3 +51,18 @@ def test_offline_status_has_the_daemon_keys_with_offline_values(
     assert status["hub"] is None and status["is_hub"] is False and status["peers"] == 0
     assert {"node_id", "tiers", "profile"} <= status.keys()
     assert status["uptime_s"] is None and status["bad_frames"] == 0 and status["transfers"] == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [("{not json", "--metadata is not valid JSON"), ("[" * 100_000, "nested too deeply")],
+)
+def test_bad_metadata_is_one_line_and_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], metadata: str, message: str
+) -> None:
+    """Regression: metadata nested ~1,000 deep printed a RecursionError traceback."""
+    args = ["put", "--data-dir", str(tmp_path), "--tier", "L1", "--content", "x"]
+    assert main([*args, "--id", "m", "--metadata", metadata]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert main(["get", "--data-dir", str(tmp_path), "m"]) == 1  # nothing was stored

@@ -17,6 +17,7 @@ CORRUPTIONS = {
     "client ids": "UPDATE meta SET value = 'not json' WHERE key = 'yjs_client_ids_used'",
     "hlc ceiling": "UPDATE meta SET value = 'soon' WHERE key = 'hlc_ceiling_ms'",
     "event row": "UPDATE events SET body = '{\"seq\": ' WHERE seq = 1",
+    "event row not an object": "UPDATE events SET body = '[1]' WHERE seq = 1",
     "update row": "UPDATE updates SET data = x'00ff00ff13'"
     " WHERE id = (SELECT max(id) FROM updates)",
 }

@@ -301,6 +301,7 @@ def test_unusable_file_is_refused_and_untouched(
     with pytest.raises(error, match=reason) as info:
         SqliteStore.open(tmp_path)
     assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)  # the CLI's contract: one line on stderr
     assert path.read_bytes() == before
     with pytest.raises(error):  # still refused on a second attempt
         SqliteStore.open(tmp_path)
