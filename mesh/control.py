@@ -78,6 +78,7 @@ class ControlServer:
         self._clients: set[asyncio.StreamWriter] = set()
         self._answering: set[asyncio.StreamWriter] = set()
         self._answered = asyncio.Event()  # set whenever an answer was written
+        self._serving: set[asyncio.Task[None]] = set()  # one per connection
         self._closing = False
 
     async def __aenter__(self) -> ControlServer:
@@ -112,14 +113,24 @@ class ControlServer:
                         self._answered.clear()
                         await self._answered.wait()
         for writer in list(self._clients):
-            writer.close()
+            # abort, not close: close waits to send what is buffered, and a client that
+            # stopped reading a large reply would keep its connection (and, from Python 3.12
+            # on, wait_closed below) open forever.
+            writer.transport.abort()
+        if self._serving:  # each ends once its connection is lost (an iteration or two)
+            await asyncio.wait(self._serving, timeout=ANSWER_GRACE_S)
         if self._server is not None:
-            # wait_closed waits for every connection from Python 3.12 on: all are closed.
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANSWER_GRACE_S):  # all aborted: returns at once
+                    await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
         self._clients.add(writer)
         try:
             while not self._closing:  # accepted just as the server stopped: closed at once

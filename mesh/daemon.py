@@ -358,13 +358,12 @@ class Daemon:
         if op == "release":
             release(runtime, name, int(request.get("token", 0)))
             return None
+        timeout_s = float(request.get("timeout_s", 5.0))
+        if not 0 < timeout_s <= control_ops.MAX_TIMEOUT_S:  # NaN fails; inf waits for ever
+            limit = control_ops.MAX_TIMEOUT_S
+            raise ValueError(f"timeout_s must be in (0, {limit:g}], not {timeout_s!r}")
         try:
-            lease = await acquire(
-                runtime,
-                name,
-                float(request.get("ttl_s", 0.0)),
-                float(request.get("timeout_s", 5.0)),
-            )
+            lease = await acquire(runtime, name, float(request.get("ttl_s", 0.0)), timeout_s)
         except LeaseError as exc:
             raise ValueError(str(exc)) from None
         return lease.to_json()

@@ -54,6 +54,7 @@ from mesh.ports import Transport
 
 log = logging.getLogger("memmesh.runtime")
 LEAVE_GRACE_S = 0.1  # time the transport gets to send the goodbyes before it closes
+TICK_RETRY_S = 0.5  # after Node.handle(Tick) raised, the next Tick waits this long
 HELD_MAX_BYTES = 64 << 20  # frames held while a commit fails; beyond, anti-entropy repairs
 
 
@@ -96,6 +97,28 @@ class RuntimeStats:
     last_sync: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
+class ForwardClock:
+    """Unix time that never goes back: a backward step of the wall clock is absorbed.
+
+    The Node's timers are deadlines on this clock: after an NTP step, a VM resume or
+    `date -s` an hour back, `time.time` left every deadline an hour away, and the node sent
+    no SWIM ping, flush or heartbeat meanwhile. This clock then runs on with the monotonic
+    clock until the wall clock catches up; it follows forward steps (the HLC needs them).
+    """
+
+    def __init__(self) -> None:
+        """Start at the current wall time."""
+        self._last = time.time()
+        self._mono = time.monotonic()
+
+    def __call__(self) -> float:
+        """Return max(wall time, the last reading plus the monotonic time since)."""
+        wall, mono = time.time(), time.monotonic()
+        now = max(wall, self._last + (mono - self._mono))
+        self._last, self._mono = now, mono
+        return now
+
+
 class NodeRuntime:
     """Runs one Node on the event loop; use `async with` (or start/close)."""
 
@@ -106,14 +129,14 @@ class NodeRuntime:
         transport: Transport,
         *,
         on_events: Any = None,
-        clock: Any = time.time,
+        clock: Any = None,
     ) -> None:
         """Wire a node to its store (through the committer) and its transport."""
         self.node = node
         self._committer = committer
         self._transport = transport
         self._on_events = on_events
-        self._clock = clock
+        self._clock = ForwardClock() if clock is None else clock
         # Each entry: one input's effects, and the request id when the input was a write.
         self._queue: asyncio.Queue[tuple[list[Effect], int | None] | None] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -267,6 +290,9 @@ class NodeRuntime:
                 except Exception:  # a bug must not stop every timer of the node for good
                     self.stats.tick_failures += 1
                     log.exception("Node.handle(Tick) failed; timers go on")
+                    # Its deadline is still due: without a pause this loop would spin,
+                    # logging the failure tens of thousands of times a second.
+                    await asyncio.sleep(TICK_RETRY_S)
 
     async def _execute(self) -> None:
         while True:
@@ -280,6 +306,9 @@ class NodeRuntime:
             except Exception:  # one failing effect must not stop every later one
                 self.stats.effect_failures += 1
                 log.exception("running %d effect(s) failed; the executor goes on", len(effects))
+                if write is not None:  # its WriteAcked may be among the effects not run
+                    reason = "internal error while storing or sending it (see the daemon log)"
+                    self._reject(write, WriteError(reason, applied=True))
             finally:
                 if self._queue.empty():
                     self._idle.set()

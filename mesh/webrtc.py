@@ -479,6 +479,8 @@ class WebRtcTransport:
         if link.task is not None and link.task is not asyncio.current_task():
             link.task.cancel()
         link.task = None
+        # Frames `send` accepted but never handed to aiortc are lost with the link: counted.
+        link.counts["dropped"] += sum(len(q) for q in link.queues.values()) + len(link.early)
         for queue in link.queues.values():
             queue.clear()
         link.queued_bytes = 0

@@ -252,3 +252,28 @@ async def test_the_cli_says_a_write_that_missed_its_ack_is_stored(tmp_path: Path
     async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))):
         reply = await asyncio.to_thread(call, tmp_path, "cli", argv=put)
     assert "timed out" in reply["error"] and "do not write it again" in reply["error"]
+
+
+async def test_a_client_that_stops_reading_a_large_reply_cannot_hold_the_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: its connection stayed open with the reply unsent, and from Python 3.12
+    on the server's wait_closed waited for it forever (the daemon never closed its store)."""
+    monkeypatch.setattr(control, "ANSWER_GRACE_S", 0.2)
+    reply = "x" * (32 << 20)
+
+    async def large(request: dict[str, Any]) -> Any:
+        return reply
+
+    sock = socket.socket(socket.AF_UNIX)
+    async with control.ControlServer(tmp_path, large):
+        await asyncio.to_thread(sock.connect, str(tmp_path / "control.sock"))
+        sock.sendall(b'{"op": "dump"}\n')  # then never reads
+        await asyncio.sleep(0.3)
+    received = 0
+    sock.settimeout(5)
+    with contextlib.suppress(ConnectionError):
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    sock.close()
+    assert received < len(reply)  # cut off when the server left, not sent to the end
