@@ -86,8 +86,12 @@ class RelayQueue:
         out["deferred"] = len(self._deferred)
         return out
 
-    def push(self, envelope: Envelope, now: float) -> Push:
-        """Queue an envelope (urgent priorities count as HIGH), or say why not."""
+    def push(self, envelope: Envelope, now: float, *, beyond_share: bool = False) -> Push:
+        """Queue an envelope (urgent priorities count as HIGH), or say why not.
+
+        With `beyond_share` it is deferred under its origin's rate even past the origin's
+        share (`origin_deferred_max`): for one that must go out anyway (already acked).
+        """
         config = self.config
         held_bytes = self._bytes + len(envelope.data)
         if len(self) >= config.queue_max or held_bytes > config.queue_max_bytes:
@@ -101,8 +105,10 @@ class RelayQueue:
             bucket = self._buckets[envelope.origin] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
-        if bucket.tokens < 1.0 and self._deferred_by_origin[envelope.origin] >= (
-            config.origin_deferred_max
+        if (
+            not beyond_share
+            and bucket.tokens < 1.0
+            and self._deferred_by_origin[envelope.origin] >= config.origin_deferred_max
         ):
             self.over_share_total += 1
             return Push.OVER_SHARE

@@ -229,10 +229,14 @@ class GroupCommitter:
                     if not all(p.droppable for p in self._backlog):
                         raise
                 else:
-                    self.events_committed = max(
+                    last = max(
                         [self.events_committed]
                         + [p.change.events[-1].seq for p in self._backlog if p.change.events]
                     )
+                    if last > self.events_committed:
+                        self.events_committed = last
+                        if self._on_events is not None:
+                            self._on_events(last)  # a closing Mesh still hands them out
                 self._backlog = []
                 self._carried_meta = {}
                 self._durable.set()

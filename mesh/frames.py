@@ -188,8 +188,10 @@ def _unzstd(payload: bytes, cap: int) -> bytes:
         size = zstandard.get_frame_parameters(payload).content_size
     except zstandard.ZstdError as exc:
         raise FrameError(f"corrupt compressed payload: {exc}") from None
-    if size == zstandard.CONTENTSIZE_UNKNOWN:
-        raise FrameError("compressed payload does not declare its size")
+    if size == zstandard.CONTENTSIZE_UNKNOWN or size == 0:
+        # Never sent (only payloads of 1 KiB and more are compressed); an empty frame is
+        # also where zstd let trailing bytes through.
+        raise FrameError("compressed payload does not declare a size")
     if size > cap:
         raise FrameError(f"decompressed payload over the cap of {cap} bytes")
     try:

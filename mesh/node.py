@@ -713,6 +713,7 @@ class Node(HubRole):
                 state = self._sliced_in[(peer_id, message.tier)]
                 state.partial_bytes = self._reassembler.progress(peer_id, chunk.transfer_id)[0]
             return assembled
+        self._resumed.discard(key)  # it progressed: resumable again at the next link-up
         if assembled is None:
             done, total = self._reassembler.progress(peer_id, chunk.transfer_id)
             self._incoming[key] = TransferProgress(

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from hub_role.election import HubInfo
+from hub_role.election import MAX_TERM, HubInfo
 from hub_role.leases import LeaseLimitReached, LeaseTable
 from hub_role.relay import Envelope, Push
 from hub_role.router import RELAY_OVERHEAD, HubCounters, HubRouter, PendingRelay
@@ -46,6 +46,9 @@ MAX_LEASE_TTL_S = 86_400.0  # a day; the wire allows up to 2**32 - 1 ms
 # (`hub_role.leases.MAX_LEASES`, `MAX_LEASES_PER_HOLDER`): the wire has no error field.
 LEASE_LIMIT_HOLDER = "*"
 LEASE_LIMIT_ERROR = "too many leases held at the hub (by this node or in all): release some"
+# Likewise: the hub's term is MAX_TERM (a member's forged claim), so no token is safe to give.
+LAST_TERM_HOLDER = "!"
+LAST_TERM_ERROR = "no lease: the hub's term is at its maximum (a forged claim?)"
 
 
 class HubRole:
@@ -213,18 +216,18 @@ class HubRole:
 
         None when its origin (not this node) already has too many envelopes waiting on its
         rate (`Push.OVER_SHARE`) and it is not `acked` yet: left unacked, the origin floods
-        it peer to peer itself. An acked one is fanned out at once instead.
+        it peer to peer itself. An acked one (or our own) waits on the rate all the same.
         """
         router = self._hub_router()
         outer = encode_message(
             envelope, priority=priority, timestamp_ns=int(self._now * 1e9), flags=Flags.RELAYED
         )
         queued = Envelope(envelope.origin, priority, outer, self._now, tier)
-        pushed = router.queue.push(queued, self._now)
-        if pushed is Push.OVER_SHARE and envelope.origin != self.node_id and not acked:
+        must_go = acked or envelope.origin == self.node_id
+        pushed = router.queue.push(queued, self._now, beyond_share=must_go)
+        if pushed is Push.OVER_SHARE:
             return None
-        if pushed is not Push.QUEUED:
-            # Queue full (or our own over its rate): fan out at once rather than lose it.
+        if pushed is Push.FULL:  # fan out at once rather than lose it
             return self._fan_out([queued])
         return self._drain_relay()
 
@@ -422,6 +425,10 @@ class HubRole:
         router = self._hub_router()
         hub = router.hub
         assert hub is not None and router.is_hub
+        if hub.term >= MAX_TERM:
+            # No higher term to move to: a new hub restarting its counter in this term
+            # could hand out tokens granted before (only a member's forged claim gets here).
+            return [], LeaseGrant(request_id, name, LAST_TERM_HOLDER, False, 0, hub.term, 0)
         router.leases.set_term(hub.term)
         effects: list[Effect] = []
         if router.leases.exhausted or router.election.term_contested:
@@ -445,6 +452,8 @@ class HubRole:
             return LeaseAnswered(request_id, grant.name, False, error="not the hub")
         if not grant.granted and grant.holder == LEASE_LIMIT_HOLDER:
             return LeaseAnswered(request_id, grant.name, False, error=LEASE_LIMIT_ERROR)
+        if not grant.granted and grant.holder == LAST_TERM_HOLDER:
+            return LeaseAnswered(request_id, grant.name, False, error=LAST_TERM_ERROR)
         return LeaseAnswered(
             request_id,
             grant.name,

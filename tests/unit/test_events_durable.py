@@ -11,7 +11,7 @@ import pytest
 
 from crdt.memory import NewItem
 from mesh.api import Mesh
-from mesh.store import SqliteStore
+from mesh.store import SqliteStore, StoreFullError
 
 
 async def test_a_subscriber_gets_no_event_before_its_commit(
@@ -64,3 +64,27 @@ async def test_a_closing_mesh_still_hands_out_the_committed_events(tmp_path: Pat
     await mesh.close()
     await asyncio.wait_for(reader, 10)
     assert got == [1, 2, 3, 4, 5]
+
+
+async def test_events_that_close_itself_commits_are_still_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: close's retry of a failed commit made events durable without
+    telling the readers, so a closing stream ended without them."""
+    mesh = Mesh.open(tmp_path)
+    await mesh.start()
+    stream = mesh.subscribe("*")
+    await mesh.put("L1", "a", id="a")
+    commit, failures = SqliteStore.commit, [1]
+
+    def full_once(self: SqliteStore, **kwargs: Any) -> None:
+        if kwargs.get("updates") and failures:
+            failures.pop()
+            raise StoreFullError(f"{self.path}: database or disk is full")
+        commit(self, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "commit", full_once)
+    with pytest.raises(StoreFullError):
+        await mesh.put("L1", "b", id="b")
+    await mesh.close()  # retries the backlog at once: b is written
+    assert [e.item_id async for e in stream] == ["a", "b"]

@@ -192,8 +192,10 @@ def test_zstd_cap_is_inclusive_and_its_size_must_be_declared() -> None:
     assert decode_frame(raw(zstd(bytes(4096)), flags=ZSTD), limits).payload == bytes(4096)
     with pytest.raises(FrameError, match="over the cap"):
         decode_frame(raw(zstd(bytes(4097)), flags=ZSTD), limits)
-    with pytest.raises(FrameError, match="declare its size"):
+    with pytest.raises(FrameError, match="declare a size"):
         decode_frame(raw(zstd(bytes(100), write_content_size=False), flags=ZSTD))
+    with pytest.raises(FrameError, match="declare a size"):
+        decode_frame(raw(zstd(b"") + b"junk", flags=ZSTD))
 
 
 def test_corrupt_truncated_or_trailing_zstd_data_is_refused() -> None:

@@ -18,6 +18,7 @@ from mesh.effects import Disconnect, LeaseAnswered
 from mesh.inputs import FrameReceived, LeaseRequested
 from mesh.messages import HubClaim
 from mesh.node import Node
+from mesh.node_hub import LAST_TERM_ERROR
 from tests.unit.test_hub_bounds import hub_mesh
 from tests.unit.test_node import Net
 
@@ -145,3 +146,25 @@ def test_a_claim_beyond_the_last_term_is_refused_and_ticks_go_on() -> None:
     assert {nodes[i].hub.term for i in ("b", "c")} == {1}  # type: ignore[union-attr]
     assert nodes["b"]._hub_router().election.rejected.get("bad_term") == 1
     net.advance(net.now + 30.0)  # ticks keep working
+
+
+def test_no_lease_is_granted_once_a_forged_claim_reached_the_last_term() -> None:
+    """Found in review: a claim at exactly MAX_TERM is valid, but no higher term exists to
+    leave a contested one, so a later hub restarting its counter there could reuse tokens."""
+    net, nodes, hub = hub_mesh("a", "b", "c")
+    forger = sorted(i for i in nodes if i != hub)[0]
+    signer = nodes[forger]._signer
+    assert signer is not None
+    key = signer.public_key
+    signature = signer.sign(claim_bytes(forger, MAX_TERM, 1, 1, key))
+    claim = HubClaim(forger, MAX_TERM, 1, 1, key, signature)
+    for node_id in nodes:
+        if node_id != forger:
+            net.do(node_id, FrameReceived(forger, encode_message(claim)))
+    net.settle()
+    assert {n.hub.term for n in nodes.values() if n.hub is not None} == {MAX_TERM}
+    asker = next(i for i, n in nodes.items() if not n.is_hub)
+    net.do(asker, LeaseRequested(1, "X", 5.0))
+    net.settle()
+    answer = lease_answers(net, asker)[1]
+    assert not answer.granted and answer.error == LAST_TERM_ERROR

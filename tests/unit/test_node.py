@@ -1455,3 +1455,22 @@ def test_an_update_whose_predecessor_nobody_has_does_not_start_a_sync_loop() -> 
     net.settle(limit=100)
     assert len(net.sent_since(mark)) < 10
     assert a.memory.tier_doc("L1").held_updates == b.memory.tier_doc("L1").held_updates == 1
+
+
+def test_a_resumed_transfer_that_progressed_is_resumed_again_after_another_flap(
+    big_l3: list[NewItem],
+) -> None:
+    """Found in review: a transfer resumed once was dropped at the next link-up even when
+    pieces had arrived since; on a link that drops twice all progress was lost."""
+    net, a, b = start_big_sync(big_l3)
+    interrupt_after(net, 3)
+    net.now += 0.5
+    net.do("a", LinkUp("b"))
+    net.do("b", LinkUp("a"))
+    interrupt_after(net, 2)  # the resume delivers two more pieces, then the link drops
+    mark = len(net.sent)
+    net.now += 0.5
+    net.link("a", "b")
+    resumes = [m for s in net.sent_since(mark, src="b") if isinstance(m := message_of(s), Resume)]
+    assert [r.next_index for r in resumes] == [5]  # resumed from where it got to
+    assert b.memory.count("L3") == 2_000 and roots(a) == roots(b)

@@ -108,3 +108,15 @@ def test_rate_limit_state_of_many_origins_stays_bounded_and_still_limits() -> No
         queue.push(env("noisy", Priority.HIGH, f"n{i}", now), now)
     assert [e.data.decode() for e in queue.pop_ready(now + 1.0)][:2] == ["n0", "n1"]
     assert queue.deferred_total == 3
+
+
+def test_an_envelope_that_must_go_out_waits_on_the_rate_past_the_share() -> None:
+    config = HubConfig(origin_rate_per_s=10.0, origin_burst=1, origin_deferred_max=1)
+    queue = RelayQueue(config)
+    assert queue.push(env("noisy", Priority.HIGH, "x0"), 0.0) is Push.QUEUED
+    assert queue.push(env("noisy", Priority.HIGH, "x1"), 0.0) is Push.QUEUED  # deferred
+    assert queue.push(env("noisy", Priority.HIGH, "x2"), 0.0) is Push.OVER_SHARE
+    acked = env("noisy", Priority.HIGH, "x3")
+    assert queue.push(acked, 0.0, beyond_share=True) is Push.QUEUED  # deferred too
+    assert [e.data for e in queue.pop_ready(0.0)] == [b"x0"]  # not fanned out at once
+    assert drain(queue, 1.0) == ["x1", "x3"]
