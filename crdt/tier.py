@@ -97,6 +97,8 @@ class TierDoc:
         # what it added (a sync answer brings a held update's structs too). Either way
         # they are in the document, and durable once `integrated` is.
         self.released: list[bytes] = []
+        self.held_now = False  # the last apply_update held its update back
+        self.dropped: list[bytes] = []  # held updates the last apply_update's hold dropped
         self.gaps_dropped = 0
 
     @property
@@ -229,6 +231,8 @@ class TierDoc:
         """
         self.integrated = []
         self.released = []
+        self.held_now = False
+        self.dropped = []
         try:
             shape = check_update(update)  # before yrs: values nested thousands deep crash it
         except WireFormatError as exc:
@@ -242,6 +246,7 @@ class TierDoc:
                 except ValueError as exc:
                     raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
                 self._hold(_Held(shape.starts, update, shape.deleted_upto), gaps)
+                self.held_now = True
                 return set()
         changed = self._integrate(update, shape.deleted_upto)
         if self._held:
@@ -279,7 +284,9 @@ class TierDoc:
         while len(self._held) > MAX_HELD_UPDATES or (
             len(self._held) > 1 and self._held_bytes > MAX_HELD_BYTES
         ):
-            self._held_bytes -= len(self._held.pop(0).update)
+            gone = self._held.pop(0)
+            self._held_bytes -= len(gone.update)
+            self.dropped.append(gone.update)
             self.gaps_dropped += 1  # its entry in _held_waits may stay: that costs one scan
 
     def _release_held(self) -> set[str]:

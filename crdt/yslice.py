@@ -133,7 +133,9 @@ class UpdateShape(NamedTuple):
     """What `check_update` learnt of an update while walking it."""
 
     deletes: bool  # its delete set names a client (it deletes something)
-    starts: dict[int, int]  # client -> the first clock of its structs in the update
+    # client -> the clock a receiver must have reached to integrate all of its structs:
+    # their first clock, or where they resume after the last Skip (a merged update's gap)
+    starts: dict[int, int]
     # client -> the end (clock + length) of its last deleted range; None when the delete
     # set did not parse (yrs judges it)
     deleted_upto: dict[int, int] | None
@@ -144,7 +146,7 @@ def check_update(update: bytes) -> UpdateShape:
 
     Run on every remote update before yrs sees it: yrs decodes nested values recursively,
     so a small hostile update could otherwise crash the process. Returns whether the
-    update deletes something and where each client's structs start.
+    update deletes something and, per client, the clock a receiver must have reached.
     """
     count, pos = read_var_uint(update, 0)
     size = len(update)
@@ -153,9 +155,10 @@ def check_update(update: bytes) -> UpdateShape:
         n_structs, pos = read_var_uint(update, pos)
         client, pos = read_var_uint(update, pos)
         clock, pos = read_var_uint(update, pos)
-        if n_structs and (client not in starts or clock < starts[client]):
-            starts[client] = clock
+        need, after_skip = clock, False
         for _ in range(n_structs):
+            if after_skip:  # structs resume past a gap: the receiver needs the gap filled
+                need, after_skip = clock, False
             # What `_read_struct` does for a root-map entry set to one string with no
             # origins (how a new key arrives), without its call and origin bookkeeping.
             # Short names (one length byte) are stepped over here; anything unusual or
@@ -170,8 +173,13 @@ def check_update(update: bytes) -> UpdateShape:
                         at += 1 + length
                         if at + 1 < size and update[at] == 1 and update[at + 1] == _ANY_STRING:
                             pos = _skip_string(update, at + 2)
+                            clock += 1
                             continue
-            _length, _deps, pos = _read_struct(update, pos, client)
+            after_skip = pos < size and update[pos] & 0x1F == _SKIP
+            length, _deps, pos = _read_struct(update, pos, client)
+            clock += length
+        if n_structs and need > starts.get(client, -1):
+            starts[client] = need
     # The delete set is read for where each client's deletions end; yrs judges the rest.
     upto: dict[int, int] = {}
     try:

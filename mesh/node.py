@@ -626,13 +626,13 @@ class Node(HubRole):
         if message.kind is SyncKind.STEP2:
             effects.extend(self._log_step2(peer_id, message, change, sliced, was_sliced))
         seen_key = key if flooded and message.chunk is None else None
-        if doc.held_updates <= held and doc.gaps_dropped == dropped:
+        if not doc.held_now:
             # Integrated and persisted. An update held back until a missing one arrives is
             # not committed yet: acking it would claim durability it does not have.
             if seen_key is not None:
                 self._seen[seen_key] = True
             effects.extend(self._ack_if_asked(frame.flags, message))
-        elif doc.held_updates > held and message.kind is SyncKind.UPDATE:
+        elif doc.held_now and message.kind is SyncKind.UPDATE:
             self._held_batches[(message.tier, body)] = _HeldBatch(seen_key, frame.flags, message)
             while len(self._held_batches) > MAX_HELD_UPDATES:
                 self._held_batches.popitem(last=False)
@@ -730,8 +730,11 @@ class Node(HubRole):
         """Ack the held batches the last apply of `tier` released (after its Persist)."""
         if not self._held_batches:
             return []
+        doc = self.memory.tier_doc(tier)
+        for update in doc.dropped:  # the tier gave up holding it: a repair brings it in
+            self._held_batches.pop((tier, update), None)
         effects: list[Effect] = []
-        for update in self.memory.tier_doc(tier).released:
+        for update in doc.released:
             held = self._held_batches.pop((tier, update), None)
             if held is None:
                 continue

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from pycrdt import Doc, Map
 
+import crdt.tier as tier_module
 from crdt.memory import NewItem, TieredMemory
 from mesh.chunking import DEFAULT_MAX_TRANSFERS
 from mesh.codec import decode_message, encode_message
@@ -1474,3 +1475,43 @@ def test_a_resumed_transfer_that_progressed_is_resumed_again_after_another_flap(
     resumes = [m for s in net.sent_since(mark, src="b") if isinstance(m := message_of(s), Resume)]
     assert [r.next_index for r in resumes] == [5]  # resumed from where it got to
     assert b.memory.count("L3") == 2_000 and roots(a) == roots(b)
+
+
+def test_held_batches_the_tier_drops_are_forgotten_and_new_holds_are_still_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: at the tier's byte bound a new hold drops the oldest, so the held
+    count did not grow: the new batch was never recorded (never acked), and the dropped
+    ones stayed recorded with their bodies."""
+    monkeypatch.setattr(tier_module, "MAX_HELD_BYTES", 500_000)
+    net, (_a, b) = linked("a", "b", config=NodeConfig.lan(**QUIET))
+    source = Doc(client_id=1000)
+    items = source.get("items", type=Map)
+    items["lost/a"] = "x"
+    lost = source.get_update()
+    state = source.get_state()
+    updates = []
+    for i in range(4):  # about 200 KB each: the third and fourth holds drop the oldest
+        items[f"k{i}/a"] = bytes(range(256)).hex() * 400
+        updates.append(source.get_update(state))
+        state = source.get_state()
+
+    def deliver(update: bytes) -> list[Effect]:
+        message = MemorySync(random.randbytes(16), "a", "*", "L1", SyncKind.UPDATE, update, 1)
+        frame = encode_message(message, flags=Flags.BATCHED | Flags.REQUIRES_ACK)
+        net.now += 0.001
+        return b.handle(FrameReceived("a", frame), net.now)
+
+    for update in updates:
+        deliver(update)
+    doc = b.memory.tier_doc("L1")
+    assert doc.held_updates == 2 and doc.gaps_dropped == 2
+    assert len(b._held_batches) == 2  # the two the tier still holds, the newest included
+    acked = [
+        message_of(s)
+        for update in (lost, *updates[:2])
+        for s in sends(deliver(update))
+        if isinstance(message_of(s), SyncAck)
+    ]
+    assert doc.held_updates == 0 and len(acked) == 5  # 3 delivered now, 2 released
+    assert len(b._held_batches) == 0

@@ -98,6 +98,26 @@ def test_a_merged_update_of_two_writers_is_held_while_either_has_a_gap() -> None
     assert b.versions("x2") == {"X": "two"}
 
 
+def test_a_merged_update_with_a_gap_inside_one_writers_run_is_held() -> None:
+    """Found in review: only the first clock of each writer was checked, so a batch merging
+    a writer's first and third updates (the second missing) was applied part-way, and its
+    version index no longer matched the document after a later delete."""
+    x, b = TierDoc("L1", client_id=7), TierDoc("L1", client_id=9)
+    u1 = x.write([("a", "x", "v1")])
+    u2 = x.write([("b", "x", "w1")])
+    u3 = x.write([("a", "x", "v2")])
+    u4 = x.write([("a", "x", None)])
+    assert None not in (u1, u2, u3, u4)
+    batch = merge_updates(u1, u3)
+    assert check_update(batch).starts == {7: 2}  # the run after the gap starts at 2
+    assert b.apply_update(batch) == set() and b.held_updates == 1 and b.needs_sync
+    b.apply_update(u4)  # deletes what the held batch holds: yrs keeps it pending
+    b.apply_update(x.encode_diff(b.state_vector()))  # the repair a sync answer brings
+    assert b.held_updates == 0
+    assert b.versions("a") == {} and b.versions("b") == {"x": "w1"}
+    assert dict(b._map.items()) == dict(x._map.items())
+
+
 def test_a_sync_answer_whose_deletions_are_all_known_here_is_not_kept() -> None:
     a, b = TierDoc("L1", client_id=1), TierDoc("L1", client_id=2)
     for update in (a.write([(f"k{i}", "A", "v") for i in range(10)]), a.remove_all(["k3", "k5"])):
