@@ -97,6 +97,9 @@ class TierDoc:
         # what it added (a sync answer brings a held update's structs too). Either way
         # they are in the document, and durable once `integrated` is.
         self.released: list[bytes] = []
+        # Integrated updates whose deletions reached past our state vector: yrs keeps those
+        # deletions pending and leaves them out of `encode_diff`, so `snapshot` adds them.
+        self._pending_deletes: list[tuple[dict[int, int] | None, bytes]] = []
         self.held_now = False  # the last apply_update held its update back
         self.dropped: list[bytes] = []  # held updates the last apply_update's hold dropped
         self.gaps_dropped = 0
@@ -346,11 +349,12 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             subscription.drop()
-        if (
-            self._changed_keys
-            or self.state_vector() != before
-            or _deletes_past(deleted_upto, before)
-        ):
+        pending = _deletes_past(deleted_upto, before)
+        if pending:
+            self._pending_deletes.append((dict(deleted_upto or {}) or None, update))
+            if len(self._pending_deletes) > MAX_HELD_UPDATES:
+                del self._pending_deletes[0]
+        if self._changed_keys or pending or self.state_vector() != before:
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 
@@ -396,6 +400,24 @@ class TierDoc:
     def state_vector(self) -> bytes:
         """Return the Yjs state vector (what this replica has seen)."""
         return bytes(self._doc.get_state())
+
+    def snapshot(self) -> bytes:
+        """Return the whole document as one Yjs v1 update, deletions still pending included.
+
+        `encode_diff()` leaves out deletions yrs keeps pending (of items not seen yet); a
+        compaction that stored it instead of their rows lost them, and after a restart the
+        deleted items came back when they arrived.
+        """
+        vector = decode_state_vector(self.state_vector())
+        self._pending_deletes = [
+            (upto, update)
+            for upto, update in self._pending_deletes
+            if upto is None or any(end > vector.get(c, 0) for c, end in upto.items())
+        ]
+        whole = self.encode_diff()
+        if not self._pending_deletes:
+            return whole
+        return bytes(merge_updates(whole, *(update for _upto, update in self._pending_deletes)))
 
     def encode_diff(self, state_vector: bytes | None = None) -> bytes:
         """Return a Yjs v1 update with everything missing from `state_vector` (all if None)."""

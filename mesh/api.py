@@ -579,7 +579,7 @@ class Mesh:
     async def export_tier(self, tier: str) -> bytes:
         """Return the whole tier document as a standard Yjs v1 update."""
         await self._running().flush()
-        return self.memory.tier_doc(tier).encode_diff()
+        return self.memory.tier_doc(tier).snapshot()
 
     async def compact(self) -> dict[str, int]:
         """Replace every tier's update log by one snapshot; return rows removed per tier."""
@@ -616,7 +616,7 @@ class Mesh:
             await self._settled(committer)
             if committer.failing:
                 break
-            snapshot = memory.tier_doc(tier).encode_diff()
+            snapshot = memory.tier_doc(tier).snapshot()
             removed[tier] = await committer.run(
                 functools.partial(SqliteStore.compact, tier=tier, snapshot=snapshot, upto_id=upto)
             )

@@ -17,6 +17,7 @@ from crdt.errors import InvalidItemError, ItemNotFoundError, UnknownTierError
 from crdt.events import EventKind, EventsMissed, MemoryEvent
 from crdt.hlc import Timestamp
 from crdt.memory import NewItem
+from crdt.tier import TierDoc
 from mesh.api import Mesh
 from mesh.store import DB_FILENAME
 
@@ -557,3 +558,17 @@ async def test_a_local_write_that_resolves_a_conflict_persists_its_resolved_even
     assert "resolved" in [kind for _seq, kind in before]
     async with Mesh.open(tmp_path / "a") as mesh:
         assert [(e.seq, e.kind.value) for e in mesh.events()] == before
+
+
+async def test_a_pending_deletion_survives_compaction_and_restart(tmp_path: Path) -> None:
+    """Found in review: the compaction's snapshot left out deletions of items not seen yet."""
+    source = TierDoc("L1", client_id=77)
+    item = source.write([("x", "writer", '{"not": "read here"}')])
+    deletion = source.remove_all(["x"])
+    assert item is not None and deletion is not None
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.apply_update("L1", deletion)  # pending: x is not here yet
+        assert (await mesh.compact())["L1"] >= 1
+    async with Mesh.open(tmp_path) as mesh:
+        await mesh.apply_update("L1", item)
+        assert mesh.memory.tier_doc("L1").versions("x") == {}
