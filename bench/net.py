@@ -738,7 +738,9 @@ def measure_poll_latency(run: Run, a: DaemonChild, b: DaemonChild, sizes: Sizes)
         n = 0
         while True:
             n += 1
-            reply = b.call("cli", argv=["get", "--data-dir", str(b.data_dir), item, "--json"])
+            reply = b.call(
+                "cli", argv=["get", "--data-dir", str(b.data_dir), item, "--json"], cwd="/"
+            )
             if reply.get("error") is None:
                 break
             if time.perf_counter() - t0 > 10:
@@ -749,7 +751,7 @@ def measure_poll_latency(run: Run, a: DaemonChild, b: DaemonChild, sizes: Sizes)
     get_s = []
     for _ in range(20):
         t = time.perf_counter()
-        b.call("cli", argv=["get", "--data-dir", str(b.data_dir), "poll-00000", "--json"])
+        b.call("cli", argv=["get", "--data-dir", str(b.data_dir), "poll-00000", "--json"], cwd="/")
         get_s.append(time.perf_counter() - t)
     return {
         "latency": latency_summary_ms(seconds),

@@ -26,7 +26,7 @@ from mesh.control import ControlError, call, check_socket_path, daemon_running
 DAEMON_AWARE = frozenset(
     {"put", "get", "delete", "move", "search", "events", "export", "import", "status", "compact"}
 )
-PATH_FLAGS = ("--embedding-file", "-o", "--output")
+PATH_ARGS = ("embedding_file", "output", "input")  # parsed file arguments (dest names)
 
 
 def add_network_commands(sub: Any, command: Any) -> None:
@@ -155,23 +155,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
-def absolutize(argv: Sequence[str]) -> list[str]:
-    """Return argv with file arguments made absolute (the daemon has another cwd)."""
-    out = list(argv)
-    for index, value in enumerate(out[:-1]):
-        if value in PATH_FLAGS:
-            out[index + 1] = os.path.abspath(out[index + 1])
-    command = next((a for a in out if not a.startswith("-")), "")
-    if command == "import":
-        out[-1] = os.path.abspath(out[-1])
-    return out
+def resolve_paths(args: argparse.Namespace, cwd: str) -> None:
+    """Make the parsed file arguments absolute against the client's `cwd` (in place).
+
+    The daemon has another working directory. Resolving after parsing covers every form
+    (`-o F`, `--output=F`, an `import` FILE anywhere among the options); rewriting argv
+    before parsing turned `--tier L1` after the FILE into a path.
+    """
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            setattr(args, name, os.path.join(cwd, value))  # join keeps an absolute one
 
 
 def via_daemon(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
     """Run a data command inside the daemon of its data dir; None when none runs."""
     if args.command not in DAEMON_AWARE or not daemon_running(Path(args.data_dir)):
         return None
-    reply = call(Path(args.data_dir), "cli", argv=absolutize(argv))
+    reply = call(Path(args.data_dir), "cli", argv=list(argv), cwd=os.getcwd())
     sys.stdout.write(reply["stdout"])
     if reply.get("error"):
         print(f"memmesh: error: {reply['error']}", file=sys.stderr)
@@ -200,11 +201,17 @@ def _parse_for_daemon(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError(lines[-1] if lines else "invalid arguments") from None
 
 
-async def run_in_daemon(mesh: Any, argv: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """Run one CLI data command against the daemon's open Mesh; capture its output."""
+async def run_in_daemon(
+    mesh: Any, argv: Sequence[str], extra: dict[str, Any], cwd: str
+) -> dict[str, Any]:
+    """Run one CLI data command against the daemon's open Mesh; capture its output.
+
+    File arguments are relative to `cwd`, the client's working directory.
+    """
     from mesh.cli import user_error_text, user_errors
 
     args = _parse_for_daemon(argv)
+    resolve_paths(args, cwd)
     if args.command not in DAEMON_AWARE:
         raise ValueError(f"`{args.command}` cannot run through the daemon")
     args.out = io.StringIO()

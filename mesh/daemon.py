@@ -285,12 +285,14 @@ class Daemon:
         assert mesh is not None
         op = request.get("op")
         if op == "cli":
-            argv = request.get("argv")
+            argv, cwd = request.get("argv"), request.get("cwd")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise ValueError("cli request needs argv: a list of strings")
+            if not isinstance(cwd, str) or not os.path.isabs(cwd):
+                raise ValueError("cli request needs cwd: the client's working directory")
             # Status counts every tier's items: only the status command pays for it.
             status = self.status() if argv[:1] == ["status"] else None
-            return await run_in_daemon(mesh, argv, {"status": status})
+            return await run_in_daemon(mesh, argv, {"status": status}, cwd)
         if op == "put":
             return await control_ops.put(mesh, request)
         if op == "status":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -69,7 +70,9 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
 
 
 def _cli(data_dir: Path, *argv: str) -> Any:
-    reply = call(data_dir, "cli", argv=[argv[0], "--data-dir", str(data_dir), *argv[1:]])
+    reply = call(
+        data_dir, "cli", argv=[argv[0], "--data-dir", str(data_dir), *argv[1:]], cwd=os.getcwd()
+    )
     if reply.get("error"):
         raise RuntimeError(reply["error"])
     out = reply["stdout"]
@@ -77,7 +80,9 @@ def _cli(data_dir: Path, *argv: str) -> Any:
 
 
 def _has(data_dir: Path, item_id: str) -> bool:
-    reply = call(data_dir, "cli", argv=["get", "--data-dir", str(data_dir), item_id, "--json"])
+    reply = call(
+        data_dir, "cli", argv=["get", "--data-dir", str(data_dir), item_id, "--json"], cwd="/"
+    )
     return reply.get("error") is None
 
 

@@ -224,7 +224,7 @@ class Daemon:
         """Run one data command inside the daemon; return {"stdout", "error"}."""
         command, *rest = argv
         reply: dict[str, Any] = self.call(
-            "cli", argv=[command, "--data-dir", str(self.data_dir), *rest]
+            "cli", argv=[command, "--data-dir", str(self.data_dir), *rest], cwd=os.getcwd()
         )
         return reply
 

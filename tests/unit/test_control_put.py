@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import threading
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 
 from crdt.item import InvalidItemError
+from crdt.tier import TierDoc
 from mesh import control, control_ops
 from mesh.api import Mesh
+from mesh.cli import main as cli_main
 from mesh.control import ControlClient, ControlError, call
 from mesh.daemon import Daemon, DaemonOptions
 from mesh.joining import init_node
@@ -250,7 +253,7 @@ async def test_the_cli_says_a_write_that_missed_its_ack_is_stored(tmp_path: Path
     put = ["put", "--data-dir", str(tmp_path), "--tier", "L1", "--id", "x", "--content", "y"]
     put += ["--ack", "peer", "--timeout", "0.3"]
     async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))):
-        reply = await asyncio.to_thread(call, tmp_path, "cli", argv=put)
+        reply = await asyncio.to_thread(call, tmp_path, "cli", argv=put, cwd="/")
     assert "timed out" in reply["error"] and "do not write it again" in reply["error"]
 
 
@@ -277,3 +280,24 @@ async def test_a_client_that_stops_reading_a_large_reply_cannot_hold_the_shutdow
             received += len(chunk)
     sock.close()
     assert received < len(reply)  # cut off when the server left, not sent to the end
+
+
+async def test_cli_file_arguments_through_the_daemon_are_the_clients_in_any_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: argv was rewritten before parsing, assuming import's FILE came last, so
+    `import FILE --tier L1` failed with a daemon, and `--output=F` was the daemon's F."""
+    node, work = tmp_path / "node", tmp_path / "work"
+    work.mkdir()
+    init_node(node)
+    monkeypatch.chdir(work)
+    source = TierDoc("L1", client_id=5)
+    update = source.write([("imp", "w", json.dumps({"not": "a record"}))])
+    assert update is not None
+    (work / "up.bin").write_bytes(update)
+    async with Daemon(DaemonOptions(node, interfaces=("127.0.0.1",))):
+        argv = ["import", "--data-dir", str(node), "up.bin", "--tier", "L1"]
+        assert await asyncio.to_thread(cli_main, argv) == 0
+        export = ["export", "--data-dir", str(node), "--tier", "L1", "--output=out.bin"]
+        assert await asyncio.to_thread(cli_main, export) == 0
+    assert (work / "out.bin").stat().st_size > 0  # in the client's directory

@@ -18,4 +18,4 @@ from mesh.cli_net import run_in_daemon
 )
 async def test_bad_arguments_raise_value_error(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        await run_in_daemon(None, argv, {})
+        await run_in_daemon(None, argv, {}, "/")

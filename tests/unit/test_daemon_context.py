@@ -22,7 +22,7 @@ async def test_async_with_serves_the_control_socket_then_flushes_and_stops(
         assert status["daemon"] is True and status["node_id"] == setup.identity.node_id
         put = ["put", "--data-dir", str(tmp_path), "--tier", "L1", "--id", "kept"]
         put += ["--content", "written through it"]
-        await asyncio.to_thread(call, tmp_path, "cli", argv=put)
+        await asyncio.to_thread(call, tmp_path, "cli", argv=put, cwd="/")
     assert not daemon_running(tmp_path)
     async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))) as daemon:
         assert daemon.mesh is not None

@@ -68,7 +68,7 @@ async def test_an_import_through_the_daemon_is_flooded_without_any_digest(
             runtime.link_up("peer")
             argv = ["import", "--data-dir", str(tmp_path / "n"), "--tier", "L1", str(export)]
             argv += ["--priority", priority]
-            reply = await run_in_daemon(mesh, argv, {})
+            reply = await run_in_daemon(mesh, argv, {}, "/")
             async with asyncio.timeout(ARRIVAL_TIMEOUT_S):
                 await transport.update_sent.wait()
             mesh.attach(None)

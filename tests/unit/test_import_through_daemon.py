@@ -95,7 +95,7 @@ async def test_an_urgent_write_never_leaves_before_an_imports_clock_ceiling_is_d
             # its commit (held on the store thread, then failing) is what makes it durable.
             gate.armed = True
             argv = ["import", "--data-dir", str(tmp_path / "n"), "--tier", "L1", str(export)]
-            imported = asyncio.ensure_future(run_in_daemon(mesh, argv, {}))
+            imported = asyncio.ensure_future(run_in_daemon(mesh, argv, {}, "/"))
             assert await asyncio.to_thread(gate.entered.wait, 10)
             # A CRITICAL write now stamps above the old ceiling on disk, and its change
             # carries none of its own (the import's took the rise).
