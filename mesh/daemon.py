@@ -39,6 +39,8 @@ log = logging.getLogger("memmesh.daemon")
 STATIC_PROBE_S = 5.0  # bootstrap addresses are probed this often (found peers are linked)
 DISCOVERY_GRACE_S = 2.0  # the node's timers start by then even if no peer was found
 METRICS_REQUEST_TIMEOUT_S = 5.0  # a metrics client must send its request line by then
+METRICS_MAX_CLIENTS = 8  # metrics connections served at once; more are closed at once
+METRICS_CACHE_S = 1.0  # the text is rebuilt at most this often (it counts every tier's items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,18 +413,36 @@ class Daemon:
         if port is None:
             return None
 
+        # Any local user can connect: bounded connections, and a text built at most once a
+        # second (it counts every tier's items on the loop), so scrapes cannot starve it.
+        clients = [0]
+        cached: list[tuple[float, bytes]] = []
+
+        def body() -> bytes:
+            now = time.monotonic()
+            if not cached or now - cached[0][0] >= METRICS_CACHE_S:
+                cached[:] = [(now, self.metrics_text().encode())]
+            return cached[0][1]
+
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, TimeoutError, ValueError):
-                async with asyncio.timeout(METRICS_REQUEST_TIMEOUT_S):  # idle clients go
-                    await reader.readline()
-                body = self.metrics_text().encode()
-                writer.write(
-                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-            writer.close()
+            if clients[0] >= METRICS_MAX_CLIENTS:
+                writer.close()
+                return
+            clients[0] += 1
+            try:
+                with contextlib.suppress(ConnectionError, TimeoutError, ValueError):
+                    async with asyncio.timeout(METRICS_REQUEST_TIMEOUT_S):  # idle clients go
+                        await reader.readline()
+                        text = body()
+                        writer.write(
+                            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                            + f"Content-Length: {len(text)}\r\n\r\n".encode()
+                            + text
+                        )
+                        await writer.drain()
+            finally:
+                clients[0] -= 1
+                writer.close()
 
         return await asyncio.start_server(serve, host="127.0.0.1", port=port)
 
