@@ -26,6 +26,9 @@ RESOLVE_TIMEOUT_S: Final = 3.0
 OTHER_MESH_REMEMBERED: Final = 1024  # names of other meshes' services remembered (bounded)
 CONFIRM_ATTEMPTS: Final = 3  # a silent advertised address is asked again this many times
 CONFIRM_RETRY_S: Final = 1.0
+CONFIRM_RECHECK_S: Final = 30.0  # an advert still silent after those is resolved again then
+CONFIRM_RECHECKS_MAX: Final = 256  # names awaiting a recheck at once (adverts are free)
+CONFIRM_CONCURRENCY: Final = 8  # probes (TCP connections) running at once
 
 # async (host, port) -> the node id that answers there (authenticated), or None.
 Confirm = Callable[[str, int], Awaitable[str | None]]
@@ -113,6 +116,8 @@ class MdnsDiscovery:
         self._other_mesh_count = 0
         self._registered = False
         self._confirm = confirm
+        self._probes = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self.ignored_invalid = 0
         self.ignored_unconfirmed = 0
         self._closed = False
@@ -189,6 +194,9 @@ class MdnsDiscovery:
         if self._closed:
             return
         self._closed = True
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
         tasks = list(self._resolving.values())
         self._resolving.clear()
         for task in tasks:
@@ -232,6 +240,9 @@ class MdnsDiscovery:
         if previous is not None:
             previous.cancel()
         if state_change is ServiceStateChange.Removed:
+            recheck = self._rechecks.pop(name, None)
+            if recheck is not None:
+                recheck.cancel()
             self._forget(name)
             return
         task = asyncio.get_running_loop().create_task(self._resolve(name))
@@ -297,7 +308,8 @@ class MdnsDiscovery:
             if attempt:
                 await asyncio.sleep(CONFIRM_RETRY_S)
             try:
-                answered = await self._confirm(record.address, record.port)
+                async with self._probes:
+                    answered = await self._confirm(record.address, record.port)
             except Exception as exc:  # a probe that fails counts as no answer
                 log.debug("mDNS: confirming %s failed: %r", name, exc)
                 answered = None
@@ -306,6 +318,10 @@ class MdnsDiscovery:
             if answered is not None:
                 break  # another node answers there: not worth asking again
         self.ignored_unconfirmed += 1
+        if answered is None:
+            # Silent (busy, or not listening yet): zeroconf reports no change for an advert
+            # that stays the same, so look again later rather than never.
+            self._recheck_later(name)
         log.warning(
             "mDNS: ignoring %s: %s:%d does not answer as %s (%s)",
             name,
@@ -315,6 +331,21 @@ class MdnsDiscovery:
             "no answer" if answered is None else f"answered as {answered}",
         )
         return False
+
+    def _recheck_later(self, name: str) -> None:
+        """Resolve `name` again after CONFIRM_RECHECK_S (bounded: a few hundred at once)."""
+        if name in self._rechecks or len(self._rechecks) >= CONFIRM_RECHECKS_MAX:
+            return
+
+        def recheck() -> None:
+            self._rechecks.pop(name, None)
+            if self._closed or name in self._resolving:
+                return
+            task = asyncio.get_running_loop().create_task(self._resolve(name))
+            self._resolving[name] = task
+            task.add_done_callback(lambda done: self._resolved(name, done))
+
+        self._rechecks[name] = asyncio.get_running_loop().call_later(CONFIRM_RECHECK_S, recheck)
 
     def _forget(self, name: str) -> None:
         """Report the peer behind `name` lost, if we had reported it found."""

@@ -403,3 +403,52 @@ async def test_an_advert_is_reported_only_once_its_address_proves_the_node_id(
     assert asked[0] == ("192.0.2.9", 4000) and len(asked) == len(answers)
     assert [r.node_id for r in found] == (["00000000000000aa"] if reported else [])
     assert discovery.ignored_unconfirmed == (0 if reported else 1)
+
+
+async def test_an_advert_silent_at_first_is_looked_at_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: three silent tries dropped an advert for good (zeroconf reports no
+    change for an advert that stays the same)."""
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", _MemberAdvert)
+    monkeypatch.setattr(mdns, "CONFIRM_RETRY_S", 0.0)
+    monkeypatch.setattr(mdns, "CONFIRM_RECHECK_S", 0.05)
+    answers = iter([None, None, None, "00000000000000aa"])
+
+    async def confirm(host: str, port: int) -> str | None:
+        return next(answers)
+
+    found: list[PeerRecord] = []
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = mdns.MdnsDiscovery(
+        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
+    )
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    await discovery._resolve(f"memmesh-00000000000000aa.{mdns.SERVICE_TYPE}")
+    assert found == [] and discovery.ignored_unconfirmed == 1
+    for _ in range(100):
+        if found:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.node_id for r in found] == ["00000000000000aa"]
+
+
+async def test_confirm_probes_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", _MemberAdvert)
+    running, most = [0], [0]
+
+    async def confirm(host: str, port: int) -> str | None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.01)
+        running[0] -= 1
+        return "00000000000000aa"
+
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = mdns.MdnsDiscovery(
+        me, interfaces=["192.0.2.2"], on_found=print, on_lost=print, confirm=confirm
+    )
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    names = [f"memmesh-x{i}.{mdns.SERVICE_TYPE}" for i in range(40)]
+    await asyncio.gather(*(discovery._resolve(n) for n in names))
+    assert 1 <= most[0] <= mdns.CONFIRM_CONCURRENCY
