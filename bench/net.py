@@ -624,6 +624,7 @@ def _put_cli(a: DaemonChild, item: str, priority: str) -> None:
             "put", "--data-dir", str(a.data_dir), "--tier", "L1", "--id", item,
             "--content", f"latency probe {item}", "--priority", priority,
         ],
+        cwd="/",
     )  # fmt: skip
     if reply.get("error"):
         raise RuntimeError(f"put {item}: {reply['error']}")
