@@ -405,9 +405,17 @@ class VectorIndex:
             for row in changed:
                 scores[row] = float(replaced[row] @ plan.query)
             rows = _top_rows(scores, current, int(np.count_nonzero(current)), plan.k)
-        ranked = [(-float(scores[row]), *keys[row]) for row in rows.tolist() if live[row]]
-        ranked.sort()
-        return [SearchHit(tier, item_id, -neg) for neg, tier, item_id in ranked[: plan.k]]
+        picked = [row for row in rows.tolist() if live[row]]
+        if not picked:
+            return []
+        # The hits are ranked on scores computed again in float64, row by row: BLAS's
+        # float32 matrix-vector product can differ by an ulp with a row's position in the
+        # block, and rows sit in different places on different replicas, so equal vectors
+        # could rank differently there (the (tier, item_id) tie-break did not hold).
+        vectors = np.stack([replaced.get(row, plan.vectors[row]) for row in picked])
+        exact = (vectors.astype(np.float64) * plan.query.astype(np.float64)).sum(axis=1)
+        ranked = sorted(zip((-exact).tolist(), (keys[row] for row in picked), strict=True))
+        return [SearchHit(key[0], key[1], -neg) for neg, key in ranked[: plan.k]]
 
 
 def _top_rows(
@@ -421,9 +429,11 @@ def _top_rows(
         return np.flatnonzero(mask)
     used = scores.shape[0]
     top = np.argpartition(scores, used - k)[used - k :]
-    # argpartition splits ties at the k-th score arbitrarily; take every tied row so the
-    # (tier, item_id) tie-break is deterministic.
-    return np.flatnonzero(scores >= scores[top].min())
+    # argpartition splits ties at the k-th score arbitrarily; take every tied row, and
+    # every row within a few ulps of it (float32 scores of equal vectors can differ by one
+    # with their rows' positions), so the (tier, item_id) tie-break is deterministic.
+    kth = scores[top].min()
+    return np.flatnonzero(scores >= kth - 4 * np.spacing(abs(kth)))
 
 
 @dataclass(slots=True)

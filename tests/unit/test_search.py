@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from crdt.memory import NewItem, TieredMemory
 from crdt.search import SearchHit, VectorIndex
 
 Key = tuple[str, str]
@@ -273,3 +274,25 @@ def test_upsert_rejects_invalid_vectors_without_side_effects() -> None:
             idx.upsert("t", "x", bad)
     assert idx.search(np.ones(3), 1)[0].score == pytest.approx(1.0, abs=1e-6)
     assert len(idx) == 1
+
+
+def test_replicas_rank_equal_vectors_the_same_whatever_their_rows() -> None:
+    """Found in review: BLAS's float32 scores of equal vectors could differ by an ulp with
+    their rows' positions, which differ between replicas (write order against id order on
+    a sync), so two replicas with equal content returned different top-k lists."""
+    tiers = ("L1", "L2", "L3")
+
+    def replica(n: int) -> TieredMemory:
+        return TieredMemory(
+            node_id=f"n{n}", client_ids={t: 10 * n + i for i, t in enumerate(tiers)}
+        )
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        dup, other, query = (rng.standard_normal(4).astype(np.float32) for _ in range(3))
+        a, b = replica(1), replica(2)
+        for item_id, vector in (("z", dup), ("y", other), ("x", dup)):  # rows: z, y, x
+            a.put(NewItem("L1", item_id, item_id, embedding=vector), 1_000)
+        b.apply_remote("L1", a.tier_doc("L1").encode_diff(), 1_000)  # rows: x, y, z
+        hits_a = [(h.item_id, h.score) for h in a.search(query, k=2)]
+        assert hits_a == [(h.item_id, h.score) for h in b.search(query, k=2)]
