@@ -63,6 +63,8 @@ def encode_embedding(vec: FloatVector, codec: EmbeddingCodec) -> bytes:
         return vec.astype("<f2").tobytes()
     peak = float(np.abs(vec).max()) if vec.size else 0.0
     scale = peak / 127.0 if peak > 0 else 1.0
+    if np.float32(scale) == 0:  # the stored float32 scale underflows: it is a zero vector
+        scale = 1.0  # (then re-encoding what readers see gives these bytes again)
     quantised: npt.NDArray[np.int8] = np.clip(np.rint(vec / scale), -127, 127).astype(np.int8)
     return _SCALE.pack(scale) + quantised.tobytes()
 

@@ -210,6 +210,7 @@ class EventLog:
         "_next",
         "_retention",
         "_subs",
+        "wall_cap",
     )
 
     def __init__(
@@ -237,6 +238,10 @@ class EventLog:
         self._last = next_seq - 1
         self._count = 0
         self._max_wall: int | None = None
+        # While set, the retention clock (the newest wall time seen) advances at most to
+        # this: the owner sets it to now + the allowed drift while it applies a peer's
+        # records, so one record stamped days ahead does not expire every other event.
+        self.wall_cap: int | None = None
         self._globs: dict[str, Matcher | None] = {}
         self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
@@ -339,8 +344,9 @@ class EventLog:
         self._next += 1
         self._last = ev.seq
         self._count += 1
-        if self._max_wall is None or wall_ms > self._max_wall:
-            self._max_wall = wall_ms
+        seen = wall_ms if self.wall_cap is None else min(wall_ms, self.wall_cap)
+        if self._max_wall is None or seen > self._max_wall:
+            self._max_wall = seen
         if self._retention is not None:
             self._expire(self._max_wall - self._retention, keep=1)
         return ev
@@ -394,8 +400,9 @@ class EventLog:
             self._next = seq + 1
             self._last = seq
             self._count += 1
-            if self._max_wall is None or wall_ms > self._max_wall:
-                self._max_wall = wall_ms
+            seen = wall_ms if self.wall_cap is None else min(wall_ms, self.wall_cap)
+            if self._max_wall is None or seen > self._max_wall:
+                self._max_wall = seen
             if retention is not None:
                 head = buf[self._head]
                 if head is not None and head.wall_ms < self._max_wall - retention:

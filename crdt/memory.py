@@ -521,6 +521,13 @@ class TieredMemory:
         Raises CorruptUpdateError (a ValueError) if the update cannot be decoded; the tier
         is then unchanged.
         """
+        self.events.wall_cap = now_ms + self.config.max_clock_drift_ms
+        try:
+            return self._apply_remote(tier, update, now_ms)
+        finally:
+            self.events.wall_cap = None
+
+    def _apply_remote(self, tier: str, update: bytes, now_ms: int) -> Change:
         doc = self.tier_doc(tier)
         changed = doc.apply_update(update)
         self.stats.remote_updates_applied += 1
@@ -569,7 +576,8 @@ class TieredMemory:
             if item is not None:
                 events.append(self._event(item.tier, item_id, EventKind.PUT, "remote", item))
             elif was_live:
-                last = resolution.versions[-1] if resolution.versions else None
+                # The newest version (versions are sorted by tier and writer, not time).
+                last = max(resolution.versions, key=lambda v: v.order_key, default=None)
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
         if puts:
             events.extend(self._remote_puts(puts))
@@ -606,7 +614,9 @@ class TieredMemory:
                 continue
             update = doc.remove_all(expired)
             for item_id in expired:
-                self._refresh(item_id, tier, origin=None)
+                # origin and events: a collection that ends a conflict (two tombstones)
+                # logs RESOLVED here too, as the peers applying it do.
+                self._refresh(item_id, tier, origin="local", events=events)
                 events.append(self._event(tier, item_id, EventKind.COLLECTED, "local", None))
             self.stats.tombstones_collected += len(expired)
             if update is not None:
@@ -934,13 +944,15 @@ class TieredMemory:
         live: bool = False,
         decoded: list[MemoryItem] | None = None,
     ) -> None:
+        doc = self._tiers[tier]
+        versions = decoded if decoded is not None else self._decoded(item_id, tier)
+        # Every record decoded: one this node cannot read (a newer peer's codec, say) is
+        # not known to be a tombstone, and collecting it would delete it for everyone.
         tomb = (
             not live
-            and item_id in self._tiers[tier]
-            and all(
-                v.deleted
-                for v in (decoded if decoded is not None else self._decoded(item_id, tier))
-            )
+            and item_id in doc
+            and len(versions) == len(doc.versions(item_id))
+            and all(v.deleted for v in versions)
         )
         if tomb:
             self._tombstoned[tier].add(item_id)

@@ -407,3 +407,21 @@ def test_exact_pattern_subscription() -> None:
     _add(log, "abc", tier="L2")
     assert _seqs(sub.poll()) == [1]
     assert sub.pattern == "L1/abc" and sub.log is log
+
+
+def test_a_peer_record_stamped_days_ahead_does_not_expire_the_other_events() -> None:
+    """Found in review: a remote event's wall time drove the retention clock, so one record
+    from a peer whose clock ran 8 days ahead expired every event before it."""
+    from crdt.memory import NewItem, TieredMemory
+
+    tiers = ("L1", "L2", "L3")
+    me = TieredMemory(node_id="n1", client_ids={t: 11 + i for i, t in enumerate(tiers)})
+    skewed = TieredMemory(node_id="n2", client_ids={t: 21 + i for i, t in enumerate(tiers)})
+    day, now = 86_400_000, 1_700_000_000_000
+    for i in range(5):
+        me.put(NewItem("L1", "c", f"mine{i}"), now + i)
+    far = skewed.put(NewItem("L1", "c", "far"), now + 8 * day)
+    me.apply_remote("L1", far.updates[0][1], now + 10)
+    me.put(NewItem("L1", "c", "later"), now + 20)
+    ids = [e.item_id for e in me.events.query()]
+    assert ids == ["mine0", "mine1", "mine2", "mine3", "mine4", "far", "later"]
