@@ -53,6 +53,8 @@ from mesh.inputs import (
 from mesh.node import Node
 
 CONNECT_TIMEOUT_S = 1.0
+# How long a live node's transport keeps a link to a crashed peer (ICE consent expiry).
+LINK_LOSS_DETECT_S = 30.0
 DISCOVERY_SPREAD_S = 0.05  # pairwise discovery: each PeerFound arrives within this window
 TIMER_EPSILON_S = 1e-9  # timers fire this late so a skewed node always sees them as due
 CLOCK_ORIGIN_S = 3600.0  # a node's clock reads world time + origin + skew: never negative
@@ -259,8 +261,27 @@ class World:
             sim.group = 0
 
     def crash(self, node_id: str) -> None:
-        """Stop a node at once: no more frames, timers or writes; its disk survives."""
-        self.nodes[node_id].alive = False
+        """Stop a node at once: no more frames, timers or writes; its disk survives.
+
+        With links required, a peer's transport notices the dead link only when ICE
+        consent expires (LINK_LOSS_DETECT_S), unless the node has come back and linked
+        again by then (that replaces the link, as the real transport does).
+        """
+        sim = self.nodes[node_id]
+        sim.alive = False
+        if not self.links_required:
+            return
+        boot = sim.incarnation
+        for peer in sorted(self.nodes):
+            if peer != node_id and node_id in self.nodes[peer].node.links:
+                self._schedule(LINK_LOSS_DETECT_S, partial(self._link_lost, peer, node_id, boot))
+
+    def _link_lost(self, peer: str, crashed: str, boot: int) -> None:
+        """`peer`'s transport gives up its link to `crashed` (if that is still the old one)."""
+        node = self.nodes[crashed]
+        old_link = node.incarnation == boot or not node.alive
+        if old_link and crashed in self.nodes[peer].node.links:
+            self._input(peer, LinkDown(crashed))
 
     def leave(self, node_id: str) -> None:
         """Stop a node gracefully: it tells its live members it LEFT, then stops as `crash`.
@@ -427,6 +448,10 @@ class World:
     def _connect(self, a: str, b: str) -> None:
         if self.reachable(a, b):
             rtt = 2 * self.link.latency_s
+            if self.links_required and a in self.nodes[b].node.links:
+                # b still holds a link from before a restart of a: the new connection
+                # replaces it, and b's transport reports the old one down first.
+                self._schedule(rtt, lambda: self._input(b, LinkDown(a)))
             self._schedule(rtt, lambda: self._input(a, LinkUp(b)))
             self._schedule(rtt, lambda: self._input(b, LinkUp(a)))
         else:
@@ -464,6 +489,12 @@ class World:
 
     def _deliver(self, src: str, dst: str, frame: bytes) -> None:
         if not self.reachable(src, dst) and not self._sent_before_leaving(src, dst):
+            self.frames_dropped += 1
+            return
+        if self.links_required and src not in self.nodes[dst].node.links:
+            # One-sided: the sender still holds a link the receiver (restarted) never
+            # opened; a real transport has no channel to deliver it on.
+            self.frames_unlinked += 1
             self.frames_dropped += 1
             return
         self.frames_delivered += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crdt.memory import NewItem
-from simulations.world import CLOCK_ORIGIN_S, World
+from simulations.world import CLOCK_ORIGIN_S, LINK_LOSS_DETECT_S, World
 
 
 def _mesh(n: int, seed: int, **kwargs: object) -> World:
@@ -141,3 +141,29 @@ def test_links_required_small_mesh_heals() -> None:
     world.heal()
     world.run_until(40.0)
     assert world.holds_everything(["a", "b"])
+
+
+def test_with_links_required_a_crash_leaves_no_link_that_still_delivers() -> None:
+    """Found in review: a crashed node's peers kept their links, and after a restart their
+    frames reached the new node over links it never opened (12% of a churn run's)."""
+    world = _mesh(4, 5, links_required=True)
+    world.run_until(3.0)
+    assert "n01" in world.nodes["n00"].node.links
+    world.crash("n01")
+    world.run_until(3.5)
+    assert "n01" in world.nodes["n00"].node.links  # the transport has not noticed yet
+    world.restart("n01")
+    world.run_until(3.6)
+    for peer in ("n00", "n02", "n03"):  # its new links replaced the old ones everywhere
+        assert ("n01" in world.nodes[peer].node.links) == (peer in world.nodes["n01"].node.links)
+    world.write("n00", [NewItem("L1", "after the restart", "r1")])
+    world.run_until(10.0)
+    assert world.holds_everything(["r1"])
+
+
+def test_with_links_required_a_dead_peers_link_goes_down_when_consent_expires() -> None:
+    world = _mesh(3, 6, links_required=True)
+    world.run_until(3.0)
+    world.crash("n02")
+    world.run_until(3.0 + LINK_LOSS_DETECT_S + 1.0)  # by SWIM's verdict or by consent
+    assert "n02" not in world.nodes["n00"].node.links
