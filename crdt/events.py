@@ -448,6 +448,8 @@ class EventLog:
             self._buf[i] = e
             self._addr[i] = e.address
         top = max(e.wall_ms for e in evs)
+        if self.wall_cap is not None:  # a peer's record stamped days ahead, persisted
+            top = min(top, self.wall_cap)
         self._max_wall = top if self._max_wall is None else max(self._max_wall, top)
         if self._retention is not None:
             self._expire(self._max_wall - self._retention, keep=1)

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 _INITIAL_CAPACITY = 64
 _CHUNK_ELEMENTS = 1 << 17  # vector components normalised per numpy pass in upsert_many
+_F32_EPS = float(np.finfo(np.float32).eps)
 
 Key: TypeAlias = tuple[str, str]
 FloatArray: TypeAlias = npt.NDArray[np.float32]
@@ -404,7 +405,8 @@ class VectorIndex:
             np.putmask(scores, ~current, -np.inf)
             for row in changed:
                 scores[row] = float(replaced[row] @ plan.query)
-            rows = _top_rows(scores, current, int(np.count_nonzero(current)), plan.k)
+            dim = plan.vectors.shape[1]
+            rows = _top_rows(scores, current, int(np.count_nonzero(current)), plan.k, dim)
         picked = [row for row in rows.tolist() if live[row]]
         if not picked:
             return []
@@ -419,7 +421,7 @@ class VectorIndex:
 
 
 def _top_rows(
-    scores: FloatArray, mask: npt.NDArray[np.bool_], candidates: int, k: int
+    scores: FloatArray, mask: npt.NDArray[np.bool_], candidates: int, k: int, dim: int
 ) -> npt.NDArray[np.intp]:
     """Return the rows of `mask` that can be among the top k scores, ties at the k-th included.
 
@@ -430,10 +432,12 @@ def _top_rows(
     used = scores.shape[0]
     top = np.argpartition(scores, used - k)[used - k :]
     # argpartition splits ties at the k-th score arbitrarily; take every tied row, and
-    # every row within a few ulps of it (float32 scores of equal vectors can differ by one
-    # with their rows' positions), so the (tier, item_id) tie-break is deterministic.
+    # every row whose score may differ from it only by rounding: float32 dot products of
+    # equal unit vectors differ by up to about dim * eps with their rows' positions (an
+    # absolute bound; near zero that is dozens of ulps), so the (tier, item_id)
+    # tie-break after the float64 rescoring is deterministic.
     kth = scores[top].min()
-    return np.flatnonzero(scores >= kth - 4 * np.spacing(abs(kth)))
+    return np.flatnonzero(scores >= kth - 2 * dim * _F32_EPS)
 
 
 @dataclass(slots=True)
@@ -459,7 +463,8 @@ class SearchPlan:
         scores: FloatArray = self.vectors @ self.query
         if self.candidates < scores.shape[0]:
             np.putmask(scores, ~self.mask, -np.inf)
-        return _top_rows(scores, self.mask, self.candidates, self.k), scores
+        dim = self.vectors.shape[1]
+        return _top_rows(scores, self.mask, self.candidates, self.k, dim), scores
 
     def release(self) -> None:
         """Unfreeze the block (idempotent): its free rows may be reused again."""

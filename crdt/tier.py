@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from pycrdt import Doc, Map, merge_updates
 
 from crdt.item import ITEM_ID_PATTERN
-from crdt.yslice import check_update
+from crdt.yslice import UpdateShape, check_update
 from crdt.ywire import WireFormatError, decode_state_vector
 
 KEY_SEP = "/"
@@ -36,7 +36,7 @@ class _Held(NamedTuple):
 
     starts: dict[int, int]  # client -> the first clock of its structs in the update
     update: bytes
-    deleted_upto: dict[int, int] | None  # UpdateShape.deleted_upto
+    shape: UpdateShape  # what check_update read of it
 
 
 def _deletes_past(deleted_upto: Mapping[int, int] | None, state_vector: bytes) -> bool:
@@ -248,10 +248,10 @@ class TierDoc:
                     Doc().apply_update(update)
                 except ValueError as exc:
                     raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-                self._hold(_Held(shape.starts, update, shape.deleted_upto), gaps)
+                self._hold(_Held(shape.starts, update, shape), gaps)
                 self.held_now = True
                 return set()
-        changed = self._integrate(update, shape.deleted_upto)
+        changed = self._integrate(update, shape)
         if self._held:
             changed |= self._release_held()
         return changed
@@ -308,7 +308,7 @@ class TierDoc:
             still_held = []
             for held in self._held:
                 if all(s <= vector.get(c, 0) for c, s in held.starts.items()):
-                    changed |= self._integrate(held.update, held.deleted_upto)
+                    changed |= self._integrate(held.update, held.shape)
                     self._held_bytes -= len(held.update)
                     self.released.append(held.update)
                     vector = decode_state_vector(self.state_vector())
@@ -324,14 +324,15 @@ class TierDoc:
         self._held_waits = waits
         return changed
 
-    def _integrate(self, update: bytes, deleted_upto: Mapping[int, int] | None) -> set[str]:
+    def _integrate(self, update: bytes, shape: UpdateShape) -> set[str]:
         """Apply an update now; note it in `integrated` if it changed the document.
 
         Moving the state vector is not the only change: an update that only deletes (a
         peer's tombstone collection) leaves it as it was, and must be persisted too (its
-        deletions change keys). So is an update deleting clocks at or past our state
-        vector (`deleted_upto`, None when unknown): yrs keeps a deletion of items it has
-        not seen yet pending, and applies it only when they arrive in another update.
+        deletions change keys). So is an update deleting clocks past our state vector
+        once it is applied (`shape.deleted_upto`, None when unknown): yrs keeps a deletion
+        of items it has not seen yet pending, and applies it only when they arrive in
+        another update; its delete set is also kept for `snapshot`.
         Deletions below the state vector that change no key are already here: a sync
         answer carries the sender's whole delete set, and persisting it each time wrote
         rows the size of every deletion ever made.
@@ -349,12 +350,18 @@ class TierDoc:
             raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
         finally:
             subscription.drop()
-        pending = _deletes_past(deleted_upto, before)
+        after = self.state_vector()
+        # Past the state vector *after* the apply: an update that deletes items it brings
+        # itself (an initial sync, a batch writing one key twice) leaves nothing pending.
+        pending = _deletes_past(shape.deleted_upto, after)
         if pending:
-            self._pending_deletes.append((dict(deleted_upto or {}) or None, update))
+            # Its delete set alone (no struct groups, then the delete set): small.
+            delete_set = b"\x00" + update[shape.delete_set_at :]
+            upto = None if shape.deleted_upto is None else dict(shape.deleted_upto)
+            self._pending_deletes.append((upto, delete_set))
             if len(self._pending_deletes) > MAX_HELD_UPDATES:
                 del self._pending_deletes[0]
-        if self._changed_keys or pending or self.state_vector() != before:
+        if self._changed_keys or pending or after != before:
             self.integrated.append(update)
         return self._reindex(self._changed_keys)
 

@@ -139,6 +139,7 @@ class UpdateShape(NamedTuple):
     # client -> the end (clock + length) of its last deleted range; None when the delete
     # set did not parse (yrs judges it)
     deleted_upto: dict[int, int] | None
+    delete_set_at: int = 0  # where the delete set starts in the update
 
 
 def check_update(update: bytes) -> UpdateShape:
@@ -181,6 +182,7 @@ def check_update(update: bytes) -> UpdateShape:
         if n_structs and need > starts.get(client, -1):
             starts[client] = need
     # The delete set is read for where each client's deletions end; yrs judges the rest.
+    delete_set_at = pos
     upto: dict[int, int] = {}
     try:
         clients, pos = read_var_uint(update, pos)
@@ -193,8 +195,8 @@ def check_update(update: bytes) -> UpdateShape:
                 if clock + length > upto.get(client, -1):
                     upto[client] = clock + length
     except WireFormatError:
-        return UpdateShape(True, starts, None)
-    return UpdateShape(clients > 0, starts, upto)
+        return UpdateShape(True, starts, None, delete_set_at)
+    return UpdateShape(clients > 0, starts, upto, delete_set_at)
 
 
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:

@@ -28,7 +28,9 @@ CONFIRM_ATTEMPTS: Final = 3  # a silent advertised address is asked again this m
 CONFIRM_RETRY_S: Final = 1.0
 CONFIRM_RECHECK_S: Final = 30.0  # an advert still silent after those is resolved again then
 CONFIRM_RECHECKS_MAX: Final = 256  # names awaiting a recheck at once (adverts are free)
-CONFIRM_CONCURRENCY: Final = 8  # probes (TCP connections) running at once
+CONFIRM_RECHECKS_PER_NAME: Final = 10  # ... each looked at again at most this often
+CONFIRM_CONCURRENCY: Final = 8  # first probes (TCP connections) running at once
+RECHECK_CONCURRENCY: Final = 1  # rechecks queue apart, so forged names cannot delay others
 
 # async (host, port) -> the node id that answers there (authenticated), or None.
 Confirm = Callable[[str, int], Awaitable[str | None]]
@@ -117,7 +119,9 @@ class MdnsDiscovery:
         self._registered = False
         self._confirm = confirm
         self._probes = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+        self._recheck_probes = asyncio.Semaphore(RECHECK_CONCURRENCY)
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        self._recheck_counts: dict[str, int] = {}  # bounded with _rechecks
         self.ignored_invalid = 0
         self.ignored_unconfirmed = 0
         self._closed = False
@@ -254,7 +258,7 @@ class MdnsDiscovery:
         if self._resolving.get(name) is task:
             del self._resolving[name]
 
-    async def _resolve(self, name: str) -> None:
+    async def _resolve(self, name: str, *, recheck: bool = False) -> None:
         """Fetch SRV/TXT/A of `name` and report the peer if it is new or changed."""
         if self._azc is None:
             return
@@ -287,7 +291,7 @@ class MdnsDiscovery:
             return
         if self._peers.get(record.node_id) == record and self._names.get(name) == record.node_id:
             return
-        if self._confirm is not None and not await self._confirmed(name, record):
+        if self._confirm is not None and not await self._confirmed(name, record, recheck):
             return
         old_id = self._names.get(name)
         if old_id is not None and old_id != record.node_id:
@@ -301,19 +305,24 @@ class MdnsDiscovery:
         except Exception:
             log.exception("on_found callback failed")
 
-    async def _confirmed(self, name: str, record: PeerRecord) -> bool:
-        """Return whether the node at the advertised address proves the advertised id."""
+    async def _confirmed(self, name: str, record: PeerRecord, recheck: bool = False) -> bool:
+        """Return whether the node at the advertised address proves the advertised id.
+
+        A first look tries CONFIRM_ATTEMPTS times; a recheck once, in its own queue.
+        """
         assert self._confirm is not None
-        for attempt in range(CONFIRM_ATTEMPTS):
+        probes = self._recheck_probes if recheck else self._probes
+        for attempt in range(1 if recheck else CONFIRM_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(CONFIRM_RETRY_S)
             try:
-                async with self._probes:
+                async with probes:
                     answered = await self._confirm(record.address, record.port)
             except Exception as exc:  # a probe that fails counts as no answer
                 log.debug("mDNS: confirming %s failed: %r", name, exc)
                 answered = None
             if answered == record.node_id:
+                self._recheck_counts.pop(name, None)
                 return True
             if answered is not None:
                 break  # another node answers there: not worth asking again
@@ -322,7 +331,8 @@ class MdnsDiscovery:
             # Silent (busy, or not listening yet): zeroconf reports no change for an advert
             # that stays the same, so look again later rather than never.
             self._recheck_later(name)
-        log.warning(
+        log.log(
+            logging.DEBUG if recheck else logging.WARNING,
             "mDNS: ignoring %s: %s:%d does not answer as %s (%s)",
             name,
             record.address,
@@ -333,15 +343,23 @@ class MdnsDiscovery:
         return False
 
     def _recheck_later(self, name: str) -> None:
-        """Resolve `name` again after CONFIRM_RECHECK_S (bounded: a few hundred at once)."""
-        if name in self._rechecks or len(self._rechecks) >= CONFIRM_RECHECKS_MAX:
+        """Resolve `name` again after CONFIRM_RECHECK_S (bounded per name and in all)."""
+        done = self._recheck_counts.get(name, 0)
+        if name in self._rechecks or done >= CONFIRM_RECHECKS_PER_NAME:
             return
+        if len(self._rechecks) >= CONFIRM_RECHECKS_MAX:
+            return
+        if name not in self._recheck_counts and len(self._recheck_counts) >= 4 * (
+            CONFIRM_RECHECKS_MAX
+        ):
+            self._recheck_counts.pop(next(iter(self._recheck_counts)))
+        self._recheck_counts[name] = done + 1
 
         def recheck() -> None:
             self._rechecks.pop(name, None)
             if self._closed or name in self._resolving:
                 return
-            task = asyncio.get_running_loop().create_task(self._resolve(name))
+            task = asyncio.get_running_loop().create_task(self._resolve(name, recheck=True))
             self._resolving[name] = task
             task.add_done_callback(lambda done: self._resolved(name, done))
 

@@ -197,7 +197,10 @@ class Mesh:
         persisted = store.events_since(
             max(0, int(store.get_meta("event_seq") or "0") - self.config.event_capacity)
         )
+        # Retention counts from now (plus the allowed drift), not from a far-future stamp.
+        events.wall_cap = wall_ms() + self.config.max_clock_drift_ms
         events.restore(MemoryEvent.from_json(json.loads(body)) for _seq, body in persisted)
+        events.wall_cap = None
         memory = TieredMemory(
             node_id=self._identity.node_id,
             client_ids=client_ids,

@@ -172,7 +172,11 @@ def via_daemon(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
     """Run a data command inside the daemon of its data dir; None when none runs."""
     if args.command not in DAEMON_AWARE or not daemon_running(Path(args.data_dir)):
         return None
-    reply = call(Path(args.data_dir), "cli", argv=list(argv), cwd=os.getcwd())
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # run from a deleted directory: only absolute paths resolve
+        cwd = "/"
+    reply = call(Path(args.data_dir), "cli", argv=list(argv), cwd=cwd)
     sys.stdout.write(reply["stdout"])
     if reply.get("error"):
         print(f"memmesh: error: {reply['error']}", file=sys.stderr)

@@ -279,8 +279,10 @@ class World:
     def _link_lost(self, peer: str, crashed: str, boot: int) -> None:
         """`peer`'s transport gives up its link to `crashed` (if that is still the old one)."""
         node = self.nodes[crashed]
-        old_link = node.incarnation == boot or not node.alive
-        if old_link and crashed in self.nodes[peer].node.links:
+        # Replaced only if the node came back and linked to this peer again; a restarted
+        # node of a large mesh links to a few peers, and the others' old links must go.
+        replaced = node.alive and node.incarnation != boot and peer in node.node.links
+        if not replaced and crashed in self.nodes[peer].node.links:
             self._input(peer, LinkDown(crashed))
 
     def leave(self, node_id: str) -> None:

@@ -452,3 +452,48 @@ async def test_confirm_probes_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatc
     names = [f"memmesh-x{i}.{mdns.SERVICE_TYPE}" for i in range(40)]
     await asyncio.gather(*(discovery._resolve(n) for n in names))
     assert 1 <= most[0] <= mdns.CONFIRM_CONCURRENCY
+
+
+async def test_rechecks_of_silent_adverts_do_not_hold_up_a_first_confirmation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: forged silent adverts were rechecked forever in the same queue as
+    first looks, delaying a genuine member's confirmation by minutes."""
+    monkeypatch.setattr(mdns, "CONFIRM_RETRY_S", 0.0)
+    monkeypatch.setattr(mdns, "CONFIRM_RECHECK_S", 0.0)
+    genuine_id = "00000000000000ff"
+
+    class _Advert(_MemberAdvert):  # node id from the name; the genuine one on port 5000
+        def __init__(self, service_type: str, name: str) -> None:
+            super().__init__(service_type, name)
+            node_id = name[8:24]
+            self.properties = {**self.properties, b"id": node_id.encode()}
+            self.port = 5000 if node_id == genuine_id else 4000
+
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", _Advert)
+    hang = asyncio.Event()
+    answers = {"silent": True}
+
+    async def confirm(host: str, port: int) -> str | None:
+        if port == 5000:
+            return genuine_id
+        if answers["silent"]:
+            return None
+        await hang.wait()  # rechecks of the forged ones hang
+        return None
+
+    found: list[PeerRecord] = []
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = mdns.MdnsDiscovery(
+        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
+    )
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    for i in range(1, 21):
+        await discovery._resolve(f"memmesh-{i:016x}.{mdns.SERVICE_TYPE}")  # rechecks armed
+    answers["silent"] = False
+    await asyncio.sleep(0.05)  # the rechecks start, and hang
+    await asyncio.wait_for(discovery._resolve(f"memmesh-{genuine_id}.{mdns.SERVICE_TYPE}"), 5)
+    assert [r.node_id for r in found] == [genuine_id]
+    hang.set()
+    discovery._azc = None  # nothing real to close: stop the rechecks
+    await discovery.close()

@@ -425,3 +425,24 @@ def test_a_peer_record_stamped_days_ahead_does_not_expire_the_other_events() -> 
     me.put(NewItem("L1", "c", "later"), now + 20)
     ids = [e.item_id for e in me.events.query()]
     assert ids == ["mine0", "mine1", "mine2", "mine3", "mine4", "far", "later"]
+
+
+def test_a_restored_log_counts_retention_from_now_not_from_a_future_stamp() -> None:
+    """Found in review: restore() set the retention clock from the newest stored stamp, so
+    a peer's record stamped 10 days ahead expired the others again after a restart."""
+    from crdt.memory import NewItem, TieredMemory
+
+    day, now = 86_400_000, 1_800_000_000_000
+    tiers = ("L1", "L2", "L3")
+    peer = TieredMemory(node_id="peer", client_ids={t: 10 + i for i, t in enumerate(tiers)})
+    me = TieredMemory(node_id="me", client_ids={t: 20 + i for i, t in enumerate(tiers)})
+    for i in range(5):
+        me.put(NewItem("L1", f"old{i}", f"x{i}"), now - 1_000 + i)
+    future = peer.put(NewItem("L1", "future", "f"), now + 10 * day)
+    me.apply_remote("L1", future.updates[0][1], now)
+    persisted = me.events.query()
+    assert len(persisted) == 6
+    restored = EventLog(capacity=1_000, retention_ms=me.config.event_retention_ms)
+    restored.wall_cap = now + me.config.max_clock_drift_ms  # what Mesh.open sets
+    restored.restore(persisted)
+    assert len(restored.query()) == 6

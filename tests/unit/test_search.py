@@ -296,3 +296,22 @@ def test_replicas_rank_equal_vectors_the_same_whatever_their_rows() -> None:
         b.apply_remote("L1", a.tier_doc("L1").encode_diff(), 1_000)  # rows: x, y, z
         hits_a = [(h.item_id, h.score) for h in a.search(query, k=2)]
         assert hits_a == [(h.item_id, h.score) for h in b.search(query, k=2)]
+
+
+def test_replicas_agree_on_near_zero_scores_of_high_dimensional_vectors() -> None:
+    """Found in review: a widening of a few ulps of the k-th score was too small near zero,
+    where rounding differences of 384-d dot products are dozens of ulps."""
+    rng = np.random.default_rng(3)
+    dim = 384
+    for _ in range(100):
+        query = rng.standard_normal(dim).astype(np.float32)
+        unit = query / np.linalg.norm(query)
+        near_zero = rng.standard_normal(dim).astype(np.float32)
+        near_zero = (near_zero - (near_zero @ unit) * unit * 0.99999).astype(np.float32)
+        worse = (-unit + 0.01 * rng.standard_normal(dim)).astype(np.float32)
+        a, b = VectorIndex(), VectorIndex()
+        for item_id, vector in (("z", near_zero), ("y", worse), ("x", near_zero)):
+            a.upsert("L1", item_id, vector)
+        for item_id, vector in (("x", near_zero), ("y", worse), ("z", near_zero)):
+            b.upsert("L1", item_id, vector)
+        assert [h.item_id for h in a.search(query, 1)] == [h.item_id for h in b.search(query, 1)]

@@ -221,3 +221,14 @@ def test_a_snapshot_keeps_deletions_of_items_not_seen_yet() -> None:
     assert restored.versions("x") == {}
     b.apply_update(first)  # the deletion takes effect: nothing pending any more
     assert b.versions("x") == {} and b.snapshot() == b.encode_diff()
+
+
+def test_an_update_that_deletes_what_it_brings_leaves_nothing_pending() -> None:
+    """Found in review: pending deletions were judged against the state vector before the
+    apply, so every sync answer (which deletes what it overwrites) was kept whole."""
+    a, b = TierDoc("L1", client_id=1), TierDoc("L1", client_id=2)
+    for round_ in range(3):
+        a.write([(f"k{i}", "A", f"v{round_}") for i in range(50)])  # overwrites: deletions
+    b.apply_update(a.encode_diff())
+    assert b._pending_deletes == []
+    assert b.snapshot() == b.encode_diff()
