@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import pytest
@@ -350,14 +351,25 @@ class _ForeignAdvert:
         return ["192.0.2.9"]
 
 
+def _unresolved_discovery(
+    on_found: Callable[[PeerRecord], object] = print,
+    confirm: Callable[[str, int], Awaitable[str | None]] | None = None,
+) -> MdnsDiscovery:
+    """An MdnsDiscovery for node 0123456789abcdef with a stand-in zeroconf (nothing is sent)."""
+    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
+    discovery = MdnsDiscovery(
+        me, interfaces=["192.0.2.2"], on_found=on_found, on_lost=print, confirm=confirm
+    )
+    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    return discovery
+
+
 async def test_adverts_of_other_meshes_are_counted_in_bounded_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(mdns, "AsyncServiceInfo", _ForeignAdvert)
     monkeypatch.setattr(mdns, "OTHER_MESH_REMEMBERED", 50)
-    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
-    discovery = mdns.MdnsDiscovery(me, interfaces=["192.0.2.2"], on_found=print, on_lost=print)
-    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    discovery = _unresolved_discovery()
     for i in range(500):
         await discovery._resolve(f"memmesh-x{i}.{mdns.SERVICE_TYPE}")
     await discovery._resolve(f"memmesh-x499.{mdns.SERVICE_TYPE}")  # seen again: not recounted
@@ -394,11 +406,7 @@ async def test_an_advert_is_reported_only_once_its_address_proves_the_node_id(
         return answers[len(asked) - 1]
 
     found: list[PeerRecord] = []
-    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
-    discovery = mdns.MdnsDiscovery(
-        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
-    )
-    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    discovery = _unresolved_discovery(found.append, confirm)
     await discovery._resolve(f"memmesh-00000000000000aa.{mdns.SERVICE_TYPE}")
     assert asked[0] == ("192.0.2.9", 4000) and len(asked) == len(answers)
     assert [r.node_id for r in found] == (["00000000000000aa"] if reported else [])
@@ -419,11 +427,7 @@ async def test_an_advert_silent_at_first_is_looked_at_again_later(
         return next(answers)
 
     found: list[PeerRecord] = []
-    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
-    discovery = mdns.MdnsDiscovery(
-        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
-    )
-    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    discovery = _unresolved_discovery(found.append, confirm)
     await discovery._resolve(f"memmesh-00000000000000aa.{mdns.SERVICE_TYPE}")
     assert found == [] and discovery.ignored_unconfirmed == 1
     for _ in range(100):
@@ -444,11 +448,7 @@ async def test_confirm_probes_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatc
         running[0] -= 1
         return "00000000000000aa"
 
-    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
-    discovery = mdns.MdnsDiscovery(
-        me, interfaces=["192.0.2.2"], on_found=print, on_lost=print, confirm=confirm
-    )
-    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    discovery = _unresolved_discovery(print, confirm)
     names = [f"memmesh-x{i}.{mdns.SERVICE_TYPE}" for i in range(40)]
     await asyncio.gather(*(discovery._resolve(n) for n in names))
     assert 1 <= most[0] <= mdns.CONFIRM_CONCURRENCY
@@ -483,11 +483,7 @@ async def test_rechecks_of_silent_adverts_do_not_hold_up_a_first_confirmation(
         return None
 
     found: list[PeerRecord] = []
-    me = PeerRecord("0123456789abcdef", "1111111111111111", "192.0.2.2", 5000)
-    discovery = mdns.MdnsDiscovery(
-        me, interfaces=["192.0.2.2"], on_found=found.append, on_lost=print, confirm=confirm
-    )
-    discovery._azc = SimpleNamespace(zeroconf=None)  # type: ignore[assignment]
+    discovery = _unresolved_discovery(found.append, confirm)
     for i in range(1, 21):
         await discovery._resolve(f"memmesh-{i:016x}.{mdns.SERVICE_TYPE}")  # rechecks armed
     answers["silent"] = False

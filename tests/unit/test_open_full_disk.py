@@ -116,14 +116,21 @@ def no_tombstone_retention() -> MemoryConfig:
     return dataclasses.replace(base, tiers=MappingProxyType(tiers))
 
 
-async def test_tombstones_due_at_open_wait_so_a_read_on_a_full_disk_closes_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def tombstone_due_at_open(tmp_path: Path) -> MemoryConfig:
+    """Leave a node whose next open collects a tombstone ("gone") beside a live "kept";
+    return the config (no retention) that makes it due."""
     config = no_tombstone_retention()
     async with Mesh.open(tmp_path, config=config) as mesh:
         await mesh.put("L1", "deleted", id="gone")
         await mesh.put("L1", "kept", id="kept")
         await mesh.delete("gone")
+    return config
+
+
+async def test_tombstones_due_at_open_wait_so_a_read_on_a_full_disk_closes_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = await tombstone_due_at_open(tmp_path)
     with disk_full(monkeypatch):
         async with Mesh.open(tmp_path, config=config) as mesh:  # close must not raise
             assert (await mesh.get("kept")).content == "kept"
@@ -207,11 +214,7 @@ async def test_a_collection_that_fails_after_the_open_rows_landed_is_dropped_at_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Almost full: the open's small meta commit fits, the tombstone collection does not.
-    config = no_tombstone_retention()
-    async with Mesh.open(tmp_path, config=config) as mesh:
-        await mesh.put("L1", "deleted", id="gone")
-        await mesh.put("L1", "kept", id="kept")
-        await mesh.delete("gone")
+    config = await tombstone_due_at_open(tmp_path)
     original = SqliteStore.commit
 
     def commit(self: SqliteStore, **kwargs: Any) -> None:

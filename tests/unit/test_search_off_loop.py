@@ -127,9 +127,9 @@ async def test_mesh_search_on_its_thread_matches_the_memory_search(
     assert mesh._searcher is None  # stopped at close
 
 
-async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_done(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def gated_scoring(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Send every search to the search thread, where scoring waits for `gate`; return
+    (`started`, set when scoring begins, and `gate`)."""
     monkeypatch.setattr(api, "SEARCH_OFF_LOOP_ELEMENTS", 0)
     started, gate = threading.Event(), threading.Event()
     score = SearchPlan.score
@@ -140,6 +140,13 @@ async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_
         return score(plan)
 
     monkeypatch.setattr(SearchPlan, "score", slow_score)
+    return started, gate
+
+
+async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, gate = gated_scoring(monkeypatch)
     async with Mesh.open(tmp_path) as mesh:
         await mesh.put("L3", "x", id="x", embedding=[1.0, 0.0])
         searching = asyncio.create_task(mesh.search([1.0, 0.0]))
@@ -162,16 +169,7 @@ async def test_a_cancelled_search_keeps_its_snapshot_frozen_until_its_thread_is_
 async def test_a_search_waiting_for_its_turn_at_close_fails_and_starts_no_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "SEARCH_OFF_LOOP_ELEMENTS", 0)
-    started, gate = threading.Event(), threading.Event()
-    score = SearchPlan.score
-
-    def slow_score(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
-        started.set()
-        assert gate.wait(timeout=10)
-        return score(plan)
-
-    monkeypatch.setattr(SearchPlan, "score", slow_score)
+    started, gate = gated_scoring(monkeypatch)
     mesh = Mesh.open(tmp_path)
     await mesh.__aenter__()
     await mesh.put("L3", "x", id="x", embedding=[1.0, 0.0])
