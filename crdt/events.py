@@ -19,6 +19,7 @@ import json
 import re
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from itertools import pairwise
@@ -210,7 +211,7 @@ class EventLog:
         "_next",
         "_retention",
         "_subs",
-        "wall_cap",
+        "_wall_cap",
     )
 
     def __init__(
@@ -239,9 +240,9 @@ class EventLog:
         self._count = 0
         self._max_wall: int | None = None
         # While set, the retention clock (the newest wall time seen) advances at most to
-        # this: the owner sets it to now + the allowed drift while it applies a peer's
-        # records, so one record stamped days ahead does not expire every other event.
-        self.wall_cap: int | None = None
+        # this: the owner caps it (`wall_capped`) at now + the allowed drift while it applies
+        # a peer's records, so one record stamped days ahead does not expire every other event.
+        self._wall_cap: int | None = None
         self._globs: dict[str, Matcher | None] = {}
         self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
@@ -344,11 +345,9 @@ class EventLog:
         self._next += 1
         self._last = ev.seq
         self._count += 1
-        seen = wall_ms if self.wall_cap is None else min(wall_ms, self.wall_cap)
-        if self._max_wall is None or seen > self._max_wall:
-            self._max_wall = seen
+        newest = self._see_wall(wall_ms)
         if self._retention is not None:
-            self._expire(self._max_wall - self._retention, keep=1)
+            self._expire(newest - self._retention, keep=1)
         return ev
 
     def append_many(
@@ -400,13 +399,11 @@ class EventLog:
             self._next = seq + 1
             self._last = seq
             self._count += 1
-            seen = wall_ms if self.wall_cap is None else min(wall_ms, self.wall_cap)
-            if self._max_wall is None or seen > self._max_wall:
-                self._max_wall = seen
+            newest = self._see_wall(wall_ms)
             if retention is not None:
                 head = buf[self._head]
-                if head is not None and head.wall_ms < self._max_wall - retention:
-                    self._expire(self._max_wall - retention, keep=1)
+                if head is not None and head.wall_ms < newest - retention:
+                    self._expire(newest - retention, keep=1)
             out.append(ev)
         return out
 
@@ -447,12 +444,26 @@ class EventLog:
             i = e.seq - self._first
             self._buf[i] = e
             self._addr[i] = e.address
-        top = max(e.wall_ms for e in evs)
-        if self.wall_cap is not None:  # a peer's record stamped days ahead, persisted
-            top = min(top, self.wall_cap)
-        self._max_wall = top if self._max_wall is None else max(self._max_wall, top)
+        newest = self._see_wall(max(e.wall_ms for e in evs))
         if self._retention is not None:
-            self._expire(self._max_wall - self._retention, keep=1)
+            self._expire(newest - self._retention, keep=1)
+
+    def _see_wall(self, wall_ms: int) -> int:
+        """Advance the retention clock to `wall_ms` (held at the cap, if set); return it."""
+        if self._wall_cap is not None:
+            wall_ms = min(wall_ms, self._wall_cap)
+        if self._max_wall is None or wall_ms > self._max_wall:
+            self._max_wall = wall_ms
+        return self._max_wall
+
+    @contextmanager
+    def wall_capped(self, cap_ms: int) -> Iterator[None]:
+        """Within the block, hold the retention clock at most at `cap_ms`."""
+        self._wall_cap = cap_ms
+        try:
+            yield
+        finally:
+            self._wall_cap = None
 
     # -- reading --------------------------------------------------------------------------
 

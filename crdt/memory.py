@@ -521,11 +521,8 @@ class TieredMemory:
         Raises CorruptUpdateError (a ValueError) if the update cannot be decoded; the tier
         is then unchanged.
         """
-        self.events.wall_cap = now_ms + self.config.max_clock_drift_ms
-        try:
+        with self.events.wall_capped(now_ms + self.config.max_clock_drift_ms):
             return self._apply_remote(tier, update, now_ms)
-        finally:
-            self.events.wall_cap = None
 
     def _apply_remote(self, tier: str, update: bytes, now_ms: int) -> Change:
         doc = self.tier_doc(tier)

@@ -407,7 +407,7 @@ class VectorIndex:
                 scores[row] = float(replaced[row] @ plan.query)
             dim = plan.vectors.shape[1]
             rows = _top_rows(scores, current, int(np.count_nonzero(current)), plan.k, dim)
-        picked = [row for row in rows.tolist() if live[row]]
+        picked = rows.tolist()  # every one live: checked above, or picked again from live rows
         if not picked:
             return []
         # The hits are ranked on scores computed again in float64, row by row: BLAS's

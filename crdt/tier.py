@@ -34,9 +34,14 @@ class CorruptUpdateError(ValueError):
 class _Held(NamedTuple):
     """A remote update held back until every client's structs in it follow on ours."""
 
-    starts: dict[int, int]  # client -> the first clock of its structs in the update
     update: bytes
-    shape: UpdateShape  # what check_update read of it
+    shape: UpdateShape  # what check_update read of it (`starts`: the clocks it waits for)
+
+
+def _note_wait(waits: dict[int, int], client: int, start: int) -> None:
+    """Keep in `waits` the lowest start a held update waits for, per client."""
+    if start < waits.get(client, start + 1):
+        waits[client] = start
 
 
 def _deletes_past(deleted_upto: Mapping[int, int] | None, state_vector: bytes) -> bool:
@@ -248,7 +253,7 @@ class TierDoc:
                     Doc().apply_update(update)
                 except ValueError as exc:
                     raise CorruptUpdateError(f"tier {self.tier}: bad Yjs update: {exc}") from None
-                self._hold(_Held(shape.starts, update, shape), gaps)
+                self._hold(_Held(update, shape), gaps)
                 self.held_now = True
                 return set()
         changed = self._integrate(update, shape)
@@ -280,10 +285,8 @@ class TierDoc:
         """Keep an early update; past the bounds drop the oldest (a later sync refetches)."""
         self._held.append(held)
         self._held_bytes += len(held.update)
-        waits = self._held_waits
         for client, start in gaps.items():
-            if start < waits.get(client, start + 1):
-                waits[client] = start
+            _note_wait(self._held_waits, client, start)
         while len(self._held) > MAX_HELD_UPDATES or (
             len(self._held) > 1 and self._held_bytes > MAX_HELD_BYTES
         ):
@@ -307,7 +310,7 @@ class TierDoc:
             progress = False
             still_held = []
             for held in self._held:
-                if all(s <= vector.get(c, 0) for c, s in held.starts.items()):
+                if all(s <= vector.get(c, 0) for c, s in held.shape.starts.items()):
                     changed |= self._integrate(held.update, held.shape)
                     self._held_bytes -= len(held.update)
                     self.released.append(held.update)
@@ -318,9 +321,9 @@ class TierDoc:
             self._held = still_held
         waits: dict[int, int] = {}
         for held in self._held:
-            for client, start in held.starts.items():
-                if start > vector.get(client, 0) and start < waits.get(client, start + 1):
-                    waits[client] = start
+            for client, start in held.shape.starts.items():
+                if start > vector.get(client, 0):
+                    _note_wait(waits, client, start)
         self._held_waits = waits
         return changed
 
@@ -357,8 +360,7 @@ class TierDoc:
         if pending:
             # Its delete set alone (no struct groups, then the delete set): small.
             delete_set = b"\x00" + update[shape.delete_set_at :]
-            upto = None if shape.deleted_upto is None else dict(shape.deleted_upto)
-            self._pending_deletes.append((upto, delete_set))
+            self._pending_deletes.append((shape.deleted_upto, delete_set))
             if len(self._pending_deletes) > MAX_HELD_UPDATES:
                 del self._pending_deletes[0]
         if self._changed_keys or pending or after != before:
@@ -415,11 +417,9 @@ class TierDoc:
         compaction that stored it instead of their rows lost them, and after a restart the
         deleted items came back when they arrived.
         """
-        vector = decode_state_vector(self.state_vector())
+        vector = self.state_vector()
         self._pending_deletes = [
-            (upto, update)
-            for upto, update in self._pending_deletes
-            if upto is None or any(end > vector.get(c, 0) for c, end in upto.items())
+            (upto, update) for upto, update in self._pending_deletes if _deletes_past(upto, vector)
         ]
         whole = self.encode_diff()
         if not self._pending_deletes:

@@ -133,7 +133,8 @@ class Mesh:
             self._committer = GroupCommitter(store, on_events=self._events_committed)
             memory, open_meta = await self._committer.run(self._load)
             self._memory = memory
-            self._committer.events_committed = memory.events.last_seq  # restored: on disk
+            # Restored events are on disk; the committer reports later ones as they commit.
+            self._durable_events = self._committer.events_committed = memory.events.last_seq
             try:
                 await self._committer.run(lambda s: s.commit(meta=open_meta))
             except StoreFullError as exc:
@@ -198,9 +199,8 @@ class Mesh:
             max(0, int(store.get_meta("event_seq") or "0") - self.config.event_capacity)
         )
         # Retention counts from now (plus the allowed drift), not from a far-future stamp.
-        events.wall_cap = wall_ms() + self.config.max_clock_drift_ms
-        events.restore(MemoryEvent.from_json(json.loads(body)) for _seq, body in persisted)
-        events.wall_cap = None
+        with events.wall_capped(wall_ms() + self.config.max_clock_drift_ms):
+            events.restore(MemoryEvent.from_json(json.loads(body)) for _seq, body in persisted)
         memory = TieredMemory(
             node_id=self._identity.node_id,
             client_ids=client_ids,
@@ -403,9 +403,6 @@ class Mesh:
         An event is in the ring as soon as its change is made, before its commit; a crash
         then would hand its seq to another event after the restart.
         """
-        committer = self._committer
-        if committer is not None:
-            self._durable_events = max(self._durable_events, committer.events_committed)
         return self._durable_events + 1
 
     def attach(self, runtime: NodeRuntime | None) -> None:

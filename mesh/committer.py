@@ -160,11 +160,7 @@ class GroupCommitter:
                     self._durable.set()  # every batch starts with the whole backlog
                 # Also after a retry, whose writers were already told of the failure: nobody
                 # else would wake the subscribers of the events it made durable.
-                last = max((p.change.events[-1].seq for p in batch if p.change.events), default=0)
-                if last > self.events_committed:
-                    self.events_committed = last
-                    if self._on_events is not None:
-                        self._on_events(last)
+                self._note_events_committed(batch)
                 for pending in batch:
                     for waiter in pending.waiters:
                         if not waiter.done():
@@ -176,6 +172,14 @@ class GroupCommitter:
                     self._checkpoint_while_idle()
                 return
             batch, carried, writing = self._start_write()
+
+    def _note_events_committed(self, batch: list[_Pending]) -> None:
+        """Advance `events_committed` past `batch`'s events; tell `on_events` if it moved."""
+        last = max((p.change.events[-1].seq for p in batch if p.change.events), default=0)
+        if last > self.events_committed:
+            self.events_committed = last
+            if self._on_events is not None:
+                self._on_events(last)
 
     def _checkpoint_while_idle(self) -> None:
         """Queue a WAL checkpoint on the store thread now, while nothing waits to commit.
@@ -229,14 +233,7 @@ class GroupCommitter:
                     if not all(p.droppable for p in self._backlog):
                         raise
                 else:
-                    last = max(
-                        [self.events_committed]
-                        + [p.change.events[-1].seq for p in self._backlog if p.change.events]
-                    )
-                    if last > self.events_committed:
-                        self.events_committed = last
-                        if self._on_events is not None:
-                            self._on_events(last)  # a closing Mesh still hands them out
+                    self._note_events_committed(self._backlog)  # a closing Mesh hands them out
                 self._backlog = []
                 self._carried_meta = {}
                 self._durable.set()

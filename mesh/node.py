@@ -260,8 +260,9 @@ class Node(HubRole):
             # Peers then stop probing us and, if we are the hub, elect the next one at once
             # instead of after the hub timeout. A hub first hands out every relayed batch it
             # still queues: it acked them to their origins, which no longer track them.
-            effects = [] if self.membership.left else self._drain_relay(everything=True)
+            effects = []
             if not self.membership.left:
+                effects = self._drain_relay(everything=True)
                 effects.extend(self._outgoing(self.membership.leave(now, everyone=True)))
         else:
             effects = self._on_query_request(event)
@@ -632,7 +633,7 @@ class Node(HubRole):
             if seen_key is not None:
                 self._seen[seen_key] = True
             effects.extend(self._ack_if_asked(frame.flags, message))
-        elif doc.held_now and message.kind is SyncKind.UPDATE:
+        elif message.kind is SyncKind.UPDATE:
             self._held_batches[(message.tier, body)] = _HeldBatch(seen_key, frame.flags, message)
             while len(self._held_batches) > MAX_HELD_UPDATES:
                 self._held_batches.popitem(last=False)

@@ -268,18 +268,18 @@ class HubRole:
         # Handed to us by its origin, as its hub: ack the commit (the origin stops tracking
         # it), then fan it out; if we are not the hub after all, flood it on instead. An
         # origin over its share of the queue gets no ack: it floods the batch itself.
-        relayed: list[Effect] | None = []
+        onward: list[Effect] = []
         if fresh and router.is_hub:
             acked = bool(inner_frame.flags & Flags.REQUIRES_ACK)  # _on_sync acked it already
-            relayed = self._queue_relay(envelope, inner_frame.priority, inner.tier, acked=acked)
-        if relayed is None:
-            return effects
+            queued = self._queue_relay(envelope, inner_frame.priority, inner.tier, acked=acked)
+            if queued is None:
+                return effects
+            onward = queued
+        elif fresh:
+            onward = self._forward(peer_id, inner, envelope.frame, inner_frame.priority)
         if self._seen.get(inner.batch_id) and not inner_frame.flags & Flags.REQUIRES_ACK:
             effects.append(self._send(envelope.origin, SyncAck(inner.batch_id, self.node_id)))
-        if fresh and router.is_hub:
-            effects.extend(relayed)
-        elif fresh:
-            effects.extend(self._forward(peer_id, inner, envelope.frame, inner_frame.priority))
+        effects.extend(onward)
         return effects
 
     def _on_claim(self, peer_id: str, claim: HubClaim, raw: bytes) -> list[Effect]:

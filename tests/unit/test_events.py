@@ -443,6 +443,6 @@ def test_a_restored_log_counts_retention_from_now_not_from_a_future_stamp() -> N
     persisted = me.events.query()
     assert len(persisted) == 6
     restored = EventLog(capacity=1_000, retention_ms=me.config.event_retention_ms)
-    restored.wall_cap = now + me.config.max_clock_drift_ms  # what Mesh.open sets
-    restored.restore(persisted)
+    with restored.wall_capped(now + me.config.max_clock_drift_ms):  # as Mesh.open does
+        restored.restore(persisted)
     assert len(restored.query()) == 6
