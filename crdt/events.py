@@ -371,7 +371,8 @@ class EventLog:
         new = object.__new__
         for hlc, wall_ms, tier, item_id, author in entries:
             if not checked:  # raise as the first append would
-                kind = EventKind(kind)
+                if type(kind) is not EventKind:
+                    kind = EventKind(kind)
                 if origin not in ORIGINS:
                     raise ValueError(f"origin must be 'local' or 'remote', got {origin!r}")
                 checked = True

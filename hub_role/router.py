@@ -16,7 +16,7 @@ from hub_role.relay import RelayQueue, relay_bytes
 from hub_role.signing import Signer, Verifier
 from hub_role.stats import MeshStats, StatsBoard, StatsCollector
 from mesh.codec import decode_message
-from mesh.frames import Flags, Frame, FrameError, Limits, Priority
+from mesh.frames import Frame, FrameError, Limits, Priority
 from mesh.messages import HubRelay, MemorySync, SyncKind
 
 BROADCAST = "*"
@@ -45,7 +45,7 @@ class PendingRelay:
     hub_id: str
     message: MemorySync
     priority: Priority
-    flags: Flags
+    flags: int
     deadline: float
 
 
@@ -134,7 +134,7 @@ class HubRouter:
         return HubRelay(self.node_id, self._signer.public_key, signature, inner)
 
     def track(
-        self, hub_id: str, message: MemorySync, priority: Priority, flags: Flags, now: float
+        self, hub_id: str, message: MemorySync, priority: Priority, flags: int, now: float
     ) -> None:
         """Remember a batch handed to `hub_id` until it acks it."""
         deadline = now + self.config.relay_ack_timeout_s

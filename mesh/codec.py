@@ -207,6 +207,11 @@ def _chunk(value: Any, piece_len: int) -> Chunk | None:
     return chunk
 
 
+# SyncKind by value (0, 1, 2...; import fails if not contiguous): indexing it skips the enum
+# machinery that `SyncKind(value)` runs.
+_SYNC_KINDS: Final = tuple(SyncKind(value) for value in range(len(SyncKind)))
+
+
 def _sync(f: list[Any], limits: Limits) -> m.MemorySync:
     """Parse `[batch_id, source, target, tier, kind, items, checksum, chunk, body]`."""
     body = _sized(f[8], "body", bytes, limits.max_decompressed_bytes)
@@ -216,7 +221,7 @@ def _sync(f: list[Any], limits: Limits) -> m.MemorySync:
         _node(f[1], "source"),
         BROADCAST if f[2] == BROADCAST else _node(f[2], "target"),
         _tier(f[3]),
-        SyncKind(_int(f[4], "kind", max(SyncKind))),
+        _SYNC_KINDS[_int(f[4], "kind", len(_SYNC_KINDS) - 1)],
         body,
         _int(f[5], "items", U32),
         _chunk(f[7], len(body)),
@@ -531,7 +536,7 @@ def encode_message(
     *,
     priority: Priority = Priority.NORMAL,
     timestamp_ns: int = 0,
-    flags: Flags = Flags.NONE,
+    flags: int = Flags.NONE,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
     """Return a whole frame for `msg`; raise MessageError where a decoder with `limits` would."""
@@ -553,7 +558,8 @@ def encode_message(
         raise MessageError(f"cannot pack {kind.name}: {exc}") from None
     if len(payload) > limits.max_decompressed_bytes:
         raise MessageError(f"{kind.name} payload of {len(payload)} bytes over the cap")
-    frame = Frame(kind, payload, Priority(priority), flags, batch_count, timestamp_ns)
+    level = priority if type(priority) is Priority else Priority(priority)
+    frame = Frame(kind, payload, level, flags, batch_count, timestamp_ns)
     data = encode_frame(frame)
     if len(data) > limits.max_frame_bytes:
         raise MessageError(f"{kind.name} frame of {len(data)} bytes over the cap: chunk the body")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
+from enum import IntEnum
+from types import MappingProxyType
+from typing import Final
 
 import zstandard
 
@@ -66,6 +68,10 @@ class MsgType(IntEnum):
     MEMORY_SYNC = 0x0304
 
 
+# Wire value -> member: a dict lookup, where `MsgType(value)` runs the enum machinery.
+_MSG_TYPES: Final = MappingProxyType({int(t): t for t in MsgType})
+_PRIORITIES: Final = MappingProxyType({int(p): p for p in Priority})
+
 # Frames whose payload may hold replica contents (records, Yjs updates, state): a node
 # holds these back while one of its changes is in memory but its commit failed.
 REPLICA_DATA = frozenset(
@@ -82,19 +88,23 @@ def carries_replica_data(frame: bytes) -> bool:
     return _MSG_TYPE_AT.unpack_from(frame, _MSG_TYPE_OFFSET)[0] in REPLICA_DATA
 
 
-class Flags(IntFlag):
-    """Header flags."""
+class Flags:
+    """Header flag bits, as plain ints.
 
-    NONE = 0
-    ENCRYPTED = 0x0001
-    COMPRESSED = 0x0002
-    BATCHED = 0x0004
-    REQUIRES_ACK = 0x0008
-    SIGNED = 0x0010
-    CHUNKED = 0x0020
-    RELAYED = 0x0040
-    ACK_ALL = 0x0080  # with REQUIRES_ACK: every receiver acks, not only the origin's links
-    ZSTD = 0x0100  # with COMPRESSED: the payload is one zstd frame (without: one zlib stream)
+    Not an IntFlag: on Python 3.11 each `&` or `|` of IntFlag members builds a new member
+    (about 1 µs), and a frame's way through encode, decode and the Node took a dozen.
+    """
+
+    NONE: Final = 0
+    ENCRYPTED: Final = 0x0001
+    COMPRESSED: Final = 0x0002
+    BATCHED: Final = 0x0004
+    REQUIRES_ACK: Final = 0x0008
+    SIGNED: Final = 0x0010
+    CHUNKED: Final = 0x0020
+    RELAYED: Final = 0x0040
+    ACK_ALL: Final = 0x0080  # with REQUIRES_ACK: every receiver acks, not only the origin's links
+    ZSTD: Final = 0x0100  # with COMPRESSED: the payload is one zstd frame (else one zlib stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +128,7 @@ class Frame:
     msg_type: MsgType
     payload: bytes
     priority: Priority = Priority.NORMAL
-    flags: Flags = Flags.NONE
+    flags: int = Flags.NONE  # Flags bits
     batch_count: int = 0
     timestamp_ns: int = 0
 
@@ -140,7 +150,7 @@ def encode_frame(frame: Frame, *, compress: bool | None = None) -> bytes:
         VERSION,
         int(frame.priority),
         int(frame.msg_type),
-        int(flags),
+        flags,
         frame.batch_count,
         len(payload),
         frame.timestamp_ns,
@@ -166,16 +176,15 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
         raise FrameError(f"payload_len {length} but {len(data) - HEADER_SIZE} bytes follow")
     if batch_count > limits.max_batch_count:
         raise FrameError(f"batch_count {batch_count} over the cap of {limits.max_batch_count}")
-    try:
-        kind = MsgType(msg_type)
-        level = Priority(priority)
-    except ValueError:
-        raise FrameError(f"unknown msg_type 0x{msg_type:04x} or priority {priority}") from None
+    kind = _MSG_TYPES.get(msg_type)
+    level = _PRIORITIES.get(priority)
+    if kind is None or level is None:
+        raise FrameError(f"unknown msg_type 0x{msg_type:04x} or priority {priority}")
     payload = bytes(data[HEADER_SIZE:])
     if flags & Flags.COMPRESSED:
         cap = limits.max_decompressed_bytes
         payload = _unzstd(payload, cap) if flags & Flags.ZSTD else _inflate(payload, cap)
-    return Frame(kind, payload, level, Flags(flags), batch_count, ts)
+    return Frame(kind, payload, level, flags, batch_count, ts)
 
 
 def _unzstd(payload: bytes, cap: int) -> bytes:

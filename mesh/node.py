@@ -134,7 +134,7 @@ class _HeldBatch:
     """A received batch its tier held back for a missing predecessor: acked once integrated."""
 
     seen_key: bytes | None  # its dedup key in `_seen` (None for a chunked body)
-    flags: Flags
+    flags: int
     message: MemorySync
 
 
@@ -313,7 +313,7 @@ class Node(HubRole):
         peer_id: str,
         message: Message,
         priority: Priority = Priority.NORMAL,
-        flags: Flags = Flags.NONE,
+        flags: int = Flags.NONE,
     ) -> Send:
         frame = encode_message(
             message, priority=priority, timestamp_ns=int(self._now * 1e9), flags=flags
@@ -327,7 +327,7 @@ class Node(HubRole):
         return send
 
     def _send_sync(
-        self, peer_ids: Iterable[str], message: MemorySync, priority: Priority, flags: Flags
+        self, peer_ids: Iterable[str], message: MemorySync, priority: Priority, flags: int
     ) -> list[Effect]:
         """Send a MEMORY_SYNC, chunked when its body is over one frame; cache chunks."""
         targets = list(peer_ids)
@@ -744,7 +744,7 @@ class Node(HubRole):
             effects.extend(self._ack_if_asked(held.flags, held.message))
         return effects
 
-    def _ack_if_asked(self, flags: Flags, message: MemorySync) -> list[Effect]:
+    def _ack_if_asked(self, flags: int, message: MemorySync) -> list[Effect]:
         if not flags & Flags.REQUIRES_ACK or message.source == self.node_id:
             return []
         if (

@@ -76,13 +76,13 @@ class HubRole:
             peer_id: str,
             message: Message,
             priority: Priority = Priority.NORMAL,
-            flags: Flags = Flags.NONE,
+            flags: int = Flags.NONE,
         ) -> Send: ...
 
         def _count(self, send: Send) -> Send: ...
 
         def _send_sync(
-            self, peer_ids: list[str], message: MemorySync, priority: Priority, flags: Flags
+            self, peer_ids: list[str], message: MemorySync, priority: Priority, flags: int
         ) -> list[Effect]: ...
 
         def _forward(
@@ -151,7 +151,7 @@ class HubRole:
         assert self._router is not None, "handle() creates the router"
         return self._router
 
-    def _route_update(self, message: MemorySync, priority: Priority, flags: Flags) -> list[Effect]:
+    def _route_update(self, message: MemorySync, priority: Priority, flags: int) -> list[Effect]:
         """Send a local update batch: through the hub (signed) or flooded peer to peer.
 
         HIGH/NORMAL/LOW go to the hub when one is linked and this node can sign; CRITICAL
@@ -183,7 +183,7 @@ class HubRole:
         """Return the largest frame both `_send` (default limits) and receivers accept."""
         return min(self.config.limits.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes)
 
-    def _relay_frame(self, message: MemorySync, priority: Priority, flags: Flags) -> bytes | None:
+    def _relay_frame(self, message: MemorySync, priority: Priority, flags: int) -> bytes | None:
         """Return `message` encoded to travel in one HUB_RELAY, or None if it cannot fit one.
 
         An envelope carries one whole frame (no chunks), so a batch whose frame would be

@@ -64,7 +64,7 @@ HUB_MESSAGES: st.SearchStrategy[Message] = st.one_of(
 
 
 @given(HUB_MESSAGES, st.sampled_from(Priority), U64, st.sampled_from([Flags.NONE, Flags.RELAYED]))
-def test_hub_messages_round_trip(msg: Message, priority: Priority, ts: int, flags: Flags) -> None:
+def test_hub_messages_round_trip(msg: Message, priority: Priority, ts: int, flags: int) -> None:
     frame, back = decode_message(
         encode_message(msg, priority=priority, timestamp_ns=ts, flags=flags)
     )
@@ -103,7 +103,7 @@ def _values() -> st.SearchStrategy[object]:
     st.integers(0, 5),
 )
 def test_random_hub_payloads_raise_only_frame_error(
-    msg_type: MsgType, fields: list[object], flags: Flags, batch: int
+    msg_type: MsgType, fields: list[object], flags: int, batch: int
 ) -> None:
     payload = msgpack.packb([int(msg_type), *fields], use_bin_type=True)
     header = HEADER.pack(0x4D534857, 2, 1, int(msg_type), flags, batch, len(payload), 0, 0)
