@@ -8,10 +8,11 @@ instead: no argument parser, no captured stdout, and the item comes back as JSON
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from crdt.item import MemoryItem
 from mesh.api import Mesh
 from mesh.frames import Priority
 from mesh.inputs import AckLevel
@@ -21,6 +22,8 @@ PUT_FIELDS = frozenset(
     | {"confidence", "priority", "ack", "timeout_s"}
 )
 MAX_TIMEOUT_S = 300.0  # an ack wait longer than this is a mistake, not a wish
+PRIORITY_NAMES = tuple(p.name.lower() for p in Priority)
+ACK_NAMES = tuple(a.value for a in AckLevel)
 
 
 NUMBER = (int, float)
@@ -45,7 +48,7 @@ def _strings(request: Mapping[str, Any], name: str) -> list[str]:
     return values
 
 
-def _enum_field(request: Mapping[str, Any], name: str, default: str, choices: list[str]) -> str:
+def _enum_field(request: Mapping[str, Any], name: str, default: str, choices: Sequence[str]) -> str:
     value = _field(request, name, str)
     if value is None:
         return default
@@ -55,7 +58,14 @@ def _enum_field(request: Mapping[str, Any], name: str, default: str, choices: li
 
 
 async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
-    """Store one item from a `put` request; return it as JSON (`embedding_dim`, no vector).
+    """Store one item from a `put` request; return it as JSON (see `start_put`)."""
+    return await start_put(mesh, request)
+
+
+def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any]]:
+    """Check a `put` request and hand it to `Mesh.start_put` now; await the item as JSON.
+
+    The JSON is the item's without its vector (`embedding_dim` says its size).
 
     Fields: `tier` and `content` (required), `id`, `embedding` (a list of numbers),
     `metadata` (an object), `tags` and `citations` (strings), `confidence`, `priority`
@@ -74,13 +84,13 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
         isinstance(v, NUMBER) and not isinstance(v, bool) for v in embedding
     ):
         raise ValueError("put: embedding must be a list of numbers")
-    priority = _enum_field(request, "priority", "normal", [p.name.lower() for p in Priority])
-    ack = _enum_field(request, "ack", "local", [a.value for a in AckLevel])
+    priority = _enum_field(request, "priority", "normal", PRIORITY_NAMES)
+    ack = _enum_field(request, "ack", "local", ACK_NAMES)
     confidence = _field(request, "confidence", NUMBER)
     timeout_s = _field(request, "timeout_s", NUMBER)
     if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN fails too
         raise ValueError(f"put: timeout_s must be in (0, {MAX_TIMEOUT_S:g}], not {timeout_s!r}")
-    item = await mesh.put(
+    item = mesh.start_put(
         tier,
         content,
         id=_field(request, "id", str),
@@ -93,4 +103,9 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
         ack=AckLevel(ack),
         timeout_s=10.0 if timeout_s is None else float(timeout_s),
     )
+    return _as_json(item)
+
+
+async def _as_json(pending: Awaitable[MemoryItem]) -> dict[str, Any]:
+    item = await pending
     return item.to_json(with_embedding=False)

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -281,8 +282,18 @@ class Daemon:
 
     # ----------------------------------------------------------------- control
 
-    async def handle(self, request: dict[str, Any]) -> Any:
-        """Serve one control request: a CLI data command, a structured put, status, or peers."""
+    def handle(self, request: dict[str, Any]) -> Awaitable[Any]:
+        """Serve one control request: a CLI data command, a structured put, status, or peers.
+
+        A structured put reaches the node before this returns (`control_ops.start_put`):
+        no event-loop iteration on a CRITICAL write's path. The rest run in `_handle`.
+        """
+        if request.get("op") == "put":
+            assert self.mesh is not None
+            return control_ops.start_put(self.mesh, request)
+        return self._handle(request)
+
+    async def _handle(self, request: dict[str, Any]) -> Any:
         mesh = self.mesh
         assert mesh is not None
         op = request.get("op")
@@ -295,8 +306,6 @@ class Daemon:
             # Status counts every tier's items: only the status command pays for it.
             status = self.status() if argv[:1] == ["status"] else None
             return await run_in_daemon(mesh, argv, {"status": status}, cwd)
-        if op == "put":
-            return await control_ops.put(mesh, request)
         if op == "status":
             return self.status()
         if op == "peers":
