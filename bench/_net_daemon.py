@@ -11,6 +11,7 @@ appends ``(time.time_ns(), kind, ...)`` to an in-memory trace and then calls the
 kind        taken when                                           fields
 ==========  ===================================================  ============================
 write       `NodeRuntime.submit(WriteRequested)` is entered       first id, items, priority
+handled     that `submit` returned (Node.handle done, queued)      first id
 send        `WebRtcTransport.send` is entered (a Send effect)      msg type, bytes, urgent, flags
 frame       `NodeRuntime.frame` is entered (aiortc delivered it)   msg type, bytes, peer, flags
 applied     `TieredMemory.apply_remote` returned: readable by get  tier, items, first id
@@ -41,6 +42,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from bench.data import content_for, item_id
@@ -82,6 +84,9 @@ def _install() -> None:
         if isinstance(event, WriteRequested) and event.puts:
             first = event.puts[0].id
             TRACE.append((time.time_ns(), "write", first, len(event.puts), event.priority.name))
+            submit(self, event)
+            TRACE.append((time.time_ns(), "handled", first))
+            return
         submit(self, event)
 
     def traced_frame(self: NodeRuntime, peer_id: str, data: bytes) -> None:
@@ -137,10 +142,13 @@ def _install() -> None:
 class TracedDaemon(daemon_module.Daemon):
     """The production daemon plus the `bench` control op."""
 
-    async def handle(self, request: dict[str, Any]) -> Any:
+    def handle(self, request: dict[str, Any]) -> Awaitable[Any]:
         """Serve `bench` requests here; everything else as the production daemon does."""
         if request.get("op") != "bench":
-            return await super().handle(request)
+            return super().handle(request)  # a put reaches the node before this returns
+        return self._bench(request)
+
+    async def _bench(self, request: dict[str, Any]) -> Any:
         action = request.get("action")
         if action == "trace":
             since = int(request.get("since", 0))

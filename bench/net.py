@@ -649,9 +649,20 @@ def _wait_for_arrival(
 
 
 def measure_latency(
-    run: Run, a: DaemonChild, b: DaemonChild, sizes: Sizes, priority: str
+    run: Run,
+    a: DaemonChild,
+    b: DaemonChild,
+    sizes: Sizes,
+    priority: str,
+    echo: tuple[RawChild, RawChild] | None = None,
 ) -> dict[str, Any]:
-    """Sequential single writes on A (a kept-open control client); arrival taken inside B."""
+    """Sequential single writes on A (a kept-open control client); arrival taken inside B.
+
+    With `echo` (a bare pair on the same two hosts), each write is paired with one spaced
+    echo on the bare channel of the write's priority, taken just before it: the machine
+    can change speed within a run (PERFORMANCE.md, Network 12), and a baseline measured
+    only at the start and the end then compares two different machines.
+    """
     run.progress(f"fig 1: {sizes.latency_samples} {priority} writes on A, arrival traced in B")
     a.trace()
     b.trace()
@@ -663,8 +674,22 @@ def measure_latency(
     first_poll_s = ARRIVAL_POLL_DELAY_S
     if priority != "critical":
         first_poll_s += node_config(Profile(PROFILE)).sync_interval_s
+    echo_rtts: list[float] = []
     with ControlClient(a.data_dir, timeout=30.0) as client:
         for i in range(total):
+            if echo is not None:
+                dialer, listener = echo
+                rtt = dialer.cmd(
+                    op="echo",
+                    peer=listener.node_id,
+                    count=1,
+                    size=64,
+                    urgent=priority == "critical",
+                    gap_s=PROBE_QUIET_S,
+                )["rtt_s"][0]
+                if i >= sizes.latency_warmup:
+                    echo_rtts.append(rtt)
+                time.sleep(PROBE_QUIET_S)
             item = f"lat-{priority}-{i:05d}"
             t0 = time.time_ns()
             client.put("L1", f"latency probe {item}", id=item, priority=priority)
@@ -697,6 +722,7 @@ def measure_latency(
             # batched flood): not a sample of this path. Counted below.
             unmatched.append(item)
             continue
+        handled = _find(a_records, "handled", write, lambda r, item=item: r[2] == item)
         frame = _find(b_records, "frame", sent, _is_write_frame)
         rows.append(
             {
@@ -705,6 +731,8 @@ def measure_latency(
                 "put_returned_s": (returned - t0) / 1e9,
                 "client_to_node_s": (write - t0) / 1e9,
                 "node_to_send_s": (sent - write) / 1e9,
+                "node_handle_s": None if handled is None else (handled - write) / 1e9,
+                "handled_to_send_s": None if handled is None else (sent - handled) / 1e9,
                 "wire_s": None if frame is None else (frame - sent) / 1e9,
                 "frame_to_applied_s": None if frame is None else (applied - frame) / 1e9,
                 "applied_to_event_s": (emitted - applied) / 1e9,
@@ -718,6 +746,7 @@ def measure_latency(
         values = [r[key] for r in rows if r[key] is not None]
         out[key] = latency_summary_ms(values) if values else None
     out["link_ups_on_b_during"] = sum(1 for r in b_records if r[1] == "link_up")
+    out["interleaved_echo"] = latency_summary_ms(echo_rtts) if echo_rtts else None
     out["unmatched_samples"] = unmatched
     return out
 
@@ -1109,10 +1138,20 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
         _wait("A and B linked", lambda: len(a.connected()) == 1 and len(b.connected()) == 1, 30)
         time.sleep(1.0)
         run.phase("linked", a, b)
-        results["latency_critical"] = measure_latency(run, a, b, sizes, "critical")
-        run.phase("latency-critical", a, b)
-        results["latency_normal"] = measure_latency(run, a, b, sizes, "normal")
-        run.phase("latency-normal", a, b)
+        echo_dirs = _node_dirs(work, ["echo1", "echo2"])
+        listener = RawChild(run, h2, echo_dirs["echo2"], "raw-echo-listener")
+        dialer = RawChild(run, h1, echo_dirs["echo1"], "raw-echo-dialer")
+        try:
+            dialer.connect(listener)
+            dialer.cmd(op="echo", peer=listener.node_id, count=20, size=64, urgent=True)
+            echo = (dialer, listener)
+            results["latency_critical"] = measure_latency(run, a, b, sizes, "critical", echo)
+            run.phase("latency-critical", a, b)
+            results["latency_normal"] = measure_latency(run, a, b, sizes, "normal", echo)
+            run.phase("latency-normal", a, b)
+        finally:
+            dialer.quit()
+            listener.quit()
         results["latency_poll"] = measure_poll_latency(run, a, b, sizes)
         run.phase("latency-polled", a, b)
         results["burst"] = measure_burst(
@@ -1263,7 +1302,9 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         lat = results[f"latency_{prio}"]
         # Like for like: each probe write follows PROBE_QUIET_S of quiet, and so does each
         # frame of the spaced echo. The back-to-back echo (busy loops) is reported beside it.
-        rtt = _mean_raw(raws, f"echo_{channel}_spaced", "median_ms")
+        rtt_start_end = _mean_raw(raws, f"echo_{channel}_spaced", "median_ms")
+        interleaved = lat.get("interleaved_echo")
+        rtt = rtt_start_end if interleaved is None else interleaved["median_ms"]
         rtt_busy = _mean_raw(raws, f"echo_{channel}", "median_ms")
         for key, what in (("visible_s", "visible"), ("event_s", "event")):
             value = lat[key]["median_ms"]
@@ -1272,7 +1313,12 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 unit="ms (median)",
                 baseline_name=f"echo RTT of a 64 B frame on the bare '{channel}' channel, each "
                 f"after {PROBE_QUIET_S * 1e3:g} ms of quiet, the least a probe write has "
-                "(median)",
+                "(median; one echo just before each probe write, on a bare pair in the same "
+                "namespaces)"
+                if interleaved is not None
+                else f"echo RTT of a 64 B frame on the bare '{channel}' channel, each "
+                f"after {PROBE_QUIET_S * 1e3:g} ms of quiet, the least a probe write has "
+                "(median, mean of the start and end runs)",
                 baseline_value=rtt,
                 ratio_meaning=f"write-to-{what} median / channel RTT median (lower is better)",
                 # The issue's target is write-to-visible; the event figure has none.
@@ -1283,6 +1329,8 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 raw={
                     "p99_ms": lat[key]["p99_ms"],
                     "p99_over_rtt_median": lat[key]["p99_ms"] / rtt,
+                    "spaced_rtt_start_end_ms": rtt_start_end,
+                    "ratio_to_spaced_rtt_start_end": value / rtt_start_end,
                     "back_to_back_rtt_ms": rtt_busy,
                     "ratio_to_back_to_back_rtt": value / rtt_busy,
                     "latency": lat[key],
@@ -1304,7 +1352,9 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                     else None,
                 },
                 baseline_raw={
-                    "p99_ms": _mean_raw(raws, f"echo_{channel}_spaced", "p99_ms"),
+                    "p99_ms": _mean_raw(raws, f"echo_{channel}_spaced", "p99_ms")
+                    if interleaved is None
+                    else interleaved["p99_ms"],
                     "quiet_before_each_s": PROBE_QUIET_S,
                 },
             )
@@ -1479,7 +1529,8 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             "namespaces, run at the start and at the end; figures use their mean",
             "critical latency target = 2 x the median RTT of the urgent-channel echo with "
             f"{PROBE_QUIET_S * 1e3:g} ms of quiet before each frame (the least quiet a probe "
-            "write has), mean of the start and end runs; the back-to-back RTT is reported too",
+            "write has), one echo on a bare pair just before each probe write (the start and end "
+            "runs' figure is reported too); the back-to-back RTT is reported too",
             "with --profile every child runs under cProfile: the figures are then slower",
         ],
     }
