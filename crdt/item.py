@@ -828,4 +828,6 @@ def _decode_rows(codec: EmbeddingCodec, dim: int, data: bytes) -> FloatMatrix:
     rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, 4 + dim)
     scales = rows[:, :4].copy().view("<f4").astype(np.float32)  # (count, 1)
     ints = rows[:, 4:].view(np.int8)
-    return ints.astype(np.float32) * scales
+    # One output array, the int8 -> float32 cast done in the ufunc's small buffers: a
+    # whole float32 copy of `ints` first doubled the fresh memory (page faults) per slice.
+    return np.multiply(ints, scales, dtype=np.float32)
