@@ -180,14 +180,16 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     level = _PRIORITIES.get(priority)
     if kind is None or level is None:
         raise FrameError(f"unknown msg_type 0x{msg_type:04x} or priority {priority}")
-    payload = bytes(data[HEADER_SIZE:])
     if flags & Flags.COMPRESSED:
+        packed = memoryview(data)[HEADER_SIZE:]  # read in place: no copy of a sync slice's piece
         cap = limits.max_decompressed_bytes
-        payload = _unzstd(payload, cap) if flags & Flags.ZSTD else _inflate(payload, cap)
+        payload = _unzstd(packed, cap) if flags & Flags.ZSTD else _inflate(packed, cap)
+    else:
+        payload = bytes(data[HEADER_SIZE:])
     return Frame(kind, payload, level, flags, batch_count, ts)
 
 
-def _unzstd(payload: bytes, cap: int) -> bytes:
+def _unzstd(payload: memoryview, cap: int) -> bytes:
     """Return the decompressed payload: one whole zstd frame declaring a size up to `cap`.
 
     The declared size is checked before anything is allocated, and the output buffer is
@@ -214,7 +216,7 @@ def _unzstd(payload: bytes, cap: int) -> bytes:
     return out
 
 
-def _inflate(payload: bytes, cap: int) -> bytes:
+def _inflate(payload: memoryview, cap: int) -> bytes:
     """Return the inflated payload: at most `cap` bytes, one whole zlib stream, nothing after."""
     inflater = zlib.decompressobj()
     try:
