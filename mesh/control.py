@@ -167,7 +167,8 @@ class _Connection(asyncio.Protocol):
         self._handler = handler
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._answer: asyncio.Future[Any] | None = None  # the request being answered
+        self._scanned = 0  # no newline in self._buffer[:self._scanned]
+        self._answer: asyncio.Future[bytes] | None = None  # the request being answered
         self._write_paused = False
         self._read_paused = False
         self._eof = False
@@ -194,14 +195,9 @@ class _Connection(asyncio.Protocol):
         """Buffer the bytes; serve the next request if one is complete."""
         self._buffer += data
         if len(self._buffer) > MAX_REQUEST_BYTES and self._transport is not None:
-            if b"\n" not in self._buffer:  # one line over the cap: say so, then drop it
-                error = f"request over {MAX_REQUEST_BYTES} bytes"
-                self._transport.write(
-                    _reply_line({"ok": False, "error": error, "type": "ValueError"})
-                )
-                self.close()
-                return
-            self._transport.pause_reading()  # requests queue up behind one being answered
+            # Requests queue up behind the one being answered; one over the cap is refused
+            # in its turn (`_serve_next`), after the replies to those before it.
+            self._transport.pause_reading()
             self._read_paused = True
         self._serve_next()
 
@@ -238,34 +234,43 @@ class _Connection(asyncio.Protocol):
         if self._server.closing:
             transport.close()  # answered what it had sent before the stop
             return
-        end = self._buffer.find(b"\n")
-        if end > MAX_REQUEST_BYTES:
-            error = f"request over {MAX_REQUEST_BYTES} bytes"
-            transport.write(_reply_line({"ok": False, "error": error, "type": "ValueError"}))
-            transport.close()
-            return
+        end = self._buffer.find(b"\n", self._scanned, MAX_REQUEST_BYTES + 1)
         if end < 0:
-            if self._eof:
+            self._scanned = min(len(self._buffer), MAX_REQUEST_BYTES + 1)
+            if len(self._buffer) > MAX_REQUEST_BYTES:
+                error = f"request over {MAX_REQUEST_BYTES} bytes"
+                transport.write(_reply_line({"ok": False, "error": error, "type": "ValueError"}))
                 transport.close()
                 return
-            if self._read_paused:
-                self._read_paused = False
-                transport.resume_reading()
-            return
+            if self._eof:
+                if not self._buffer:
+                    transport.close()
+                    return
+                end = len(self._buffer)  # a last request without its newline, as readline
+            else:
+                if self._read_paused:
+                    self._read_paused = False
+                    transport.resume_reading()
+                return
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
+        self._scanned = 0
         self._answer = asyncio.ensure_future(_answer(self._handler, line))
         self._server._started(self._answer)
         self._answer.add_done_callback(self._reply)
 
-    def _reply(self, answer: asyncio.Future[Any]) -> None:
+    def _reply(self, answer: asyncio.Future[bytes]) -> None:
         self._answer = None
-        if self._transport is not None and not answer.cancelled():
-            self._transport.write(_reply_line(answer.result()))
+        if self._transport is None:
+            return
+        if answer.cancelled() or answer.exception() is not None:
+            self._transport.close()  # unanswered: never let the next reply answer this one
+            return
+        self._transport.write(answer.result())
         self._serve_next()
 
 
-def _answer(handler: Handler, line: bytes) -> Awaitable[dict[str, Any]]:
+def _answer(handler: Handler, line: bytes) -> Awaitable[bytes]:
     """Start answering one request line; the reply is an error reply, never a raise.
 
     The handler runs before this returns; only the wait for its result is left.
@@ -276,18 +281,18 @@ def _answer(handler: Handler, line: bytes) -> Awaitable[dict[str, Any]]:
             raise ValueError("a request is a JSON object")
         pending = handler(request)
     except (Exception, SystemExit) as exc:  # reported; never stops the daemon
-        return _ready(_error_reply(exc))
+        return _ready(_reply_line(_error_reply(exc)))
     return _result_reply(pending)
 
 
-async def _result_reply(pending: Awaitable[Any]) -> dict[str, Any]:
+async def _result_reply(pending: Awaitable[Any]) -> bytes:
     try:
-        return {"ok": True, "result": await pending}
-    except (Exception, SystemExit) as exc:  # reported; never stops the daemon
-        return _error_reply(exc)
+        return _reply_line({"ok": True, "result": await pending})
+    except (Exception, SystemExit) as exc:  # reported (a result JSON cannot encode too)
+        return _reply_line(_error_reply(exc))
 
 
-async def _ready(reply: dict[str, Any]) -> dict[str, Any]:
+async def _ready(reply: bytes) -> bytes:
     return reply
 
 

@@ -121,6 +121,85 @@ async def test_a_client_that_stops_sending_still_gets_its_answers(tmp_path: Path
     assert [r["result"] for r in replies] == [1, 2]
 
 
+async def test_a_request_over_the_cap_is_refused_after_the_answer_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "MAX_REQUEST_BYTES", 1000)
+
+    async def handler(request: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.3)
+        return request["n"]
+
+    async with control.ControlServer(tmp_path, handler):
+        sock = await _connect(tmp_path)
+        sock.sendall(b'{"n": 1}\n')
+        await asyncio.sleep(0.05)
+        sock.sendall(b'{"n": "' + b"x" * 1500)
+        replies = await asyncio.to_thread(_replies, sock, 2)
+        sock.close()
+    assert [r.get("result") for r in replies] == [1, None]
+    assert "over 1000 bytes" in replies[1]["error"]
+
+
+async def test_a_request_over_the_cap_sent_with_one_before_it_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "MAX_REQUEST_BYTES", 1000)
+
+    async def handler(request: dict[str, Any]) -> Any:
+        return request["n"]
+
+    async with control.ControlServer(tmp_path, handler):
+        sock = await _connect(tmp_path)
+        sock.sendall(b'{"n": 1}\n{"n": "' + b"x" * 1500)
+        replies = await asyncio.to_thread(_replies, sock, 2)  # timed out before the fix
+        sock.close()
+    assert replies[0]["result"] == 1 and "over 1000 bytes" in replies[1]["error"]
+
+
+async def test_a_last_request_without_its_newline_is_answered(tmp_path: Path) -> None:
+    async def handler(request: dict[str, Any]) -> Any:
+        return request["op"]
+
+    async with control.ControlServer(tmp_path, handler):
+        sock = await _connect(tmp_path)
+        sock.sendall(b'{"op": "a"}\n{"op": "b"}')
+        sock.shutdown(socket.SHUT_WR)
+        replies = await asyncio.to_thread(_replies, sock, 2)
+        sock.close()
+    assert [r["result"] for r in replies] == ["a", "b"]
+
+
+async def test_a_result_json_cannot_encode_is_an_error_reply(tmp_path: Path) -> None:
+    async def handler(request: dict[str, Any]) -> Any:
+        return {1} if request["op"] == "bad" else "fine"
+
+    async with control.ControlServer(tmp_path, handler):
+        sock = await _connect(tmp_path)
+        sock.sendall(b'{"op": "bad"}\n{"op": "good"}\n')
+        bad, good = await asyncio.to_thread(_replies, sock, 2)
+        sock.close()
+    assert bad["ok"] is False and bad["type"] == "TypeError" and good["result"] == "fine"
+
+
+async def test_an_answer_cancelled_is_never_answered_by_the_next_reply(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def handler(request: dict[str, Any]) -> Any:
+        if request["n"] == 1:
+            waiting = loop.create_future()
+            loop.call_later(0.05, waiting.cancel)
+            await waiting
+        return request["n"]
+
+    async with control.ControlServer(tmp_path, handler):
+        sock = await _connect(tmp_path)
+        sock.sendall(b'{"n": 1}\n{"n": 2}\n')
+        replies = await asyncio.to_thread(_replies, sock, 1)
+        sock.close()
+    assert replies == []  # the connection closes unanswered, as the stream server did
+
+
 async def test_a_put_reaches_the_node_before_its_answer_is_awaited(tmp_path: Path) -> None:
     init_node(tmp_path)
     async with Daemon(DaemonOptions(tmp_path, interfaces=("127.0.0.1",))) as daemon:
