@@ -285,36 +285,6 @@ class Mesh:
         disk) raises WriteError with `applied=True` too (StoreError without a daemon): the
         write is in memory and the committer retries it, so do not write it again.
         """
-        return await self.start_put(
-            tier,
-            content,
-            id=id,
-            embedding=embedding,
-            metadata=metadata,
-            tags=tags,
-            citations=citations,
-            confidence=confidence,
-            priority=priority,
-            ack=ack,
-            timeout_s=timeout_s,
-        )
-
-    def start_put(
-        self,
-        tier: str,
-        content: str,
-        *,
-        id: str | None = None,
-        embedding: Any = None,
-        metadata: Mapping[str, Any] | None = None,
-        tags: Sequence[str] = (),
-        citations: Sequence[str] = (),
-        confidence: float = 1.0,
-        priority: Priority = Priority.NORMAL,
-        ack: AckLevel = AckLevel.LOCAL,
-        timeout_s: float = 10.0,
-    ) -> Awaitable[MemoryItem]:
-        """Do `put`, handing the write to the node before returning; await the stored item."""
         request = NewItem(
             tier=tier,
             content=content,
@@ -325,9 +295,8 @@ class Mesh:
             citations=citations,
             confidence=confidence,
         )
-        return _only_item(
-            self.start_put_many([request], priority=priority, ack=ack, timeout_s=timeout_s)
-        )
+        (item,) = await self.put_many([request], priority=priority, ack=ack, timeout_s=timeout_s)
+        return item
 
     async def put_many(
         self,
@@ -709,12 +678,6 @@ class Mesh:
 async def _items_of(acked: Awaitable[WriteAcked]) -> list[MemoryItem]:
     """Return the items a write stored, once it is acked."""
     return list((await acked).items)
-
-
-async def _only_item(items: Awaitable[list[MemoryItem]]) -> MemoryItem:
-    """Return the one item of a one-item write."""
-    (item,) = await items
-    return item
 
 
 async def _submit(

@@ -13,7 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from crdt.item import MemoryItem
-from mesh.api import Mesh
+from crdt.memory import NewItem
+from mesh.api import Mesh, new_item_id
 from mesh.frames import Priority
 from mesh.inputs import AckLevel
 
@@ -63,7 +64,7 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any]]:
-    """Check a `put` request and hand it to `Mesh.start_put` now; await the item as JSON.
+    """Check a `put` request and hand it to `Mesh.start_put_many` now; await the item as JSON.
 
     The JSON is the item's without its vector (`embedding_dim` says its size).
 
@@ -71,7 +72,7 @@ def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any
     `metadata` (an object), `tags` and `citations` (strings), `confidence`, `priority`
     (low … emergency), `ack` (local, peer, hub, all) and `timeout_s` (how long a wider ack
     may take, at most MAX_TIMEOUT_S). An unknown field or a wrong type raises ValueError
-    and stores nothing; `Mesh.put` decides everything else.
+    and stores nothing; the memory decides everything else, as for `Mesh.put`.
     """
     unknown = set(request) - PUT_FIELDS
     if unknown:
@@ -90,22 +91,26 @@ def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any
     timeout_s = _field(request, "timeout_s", NUMBER)
     if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN fails too
         raise ValueError(f"put: timeout_s must be in (0, {MAX_TIMEOUT_S:g}], not {timeout_s!r}")
-    item = mesh.start_put(
-        tier,
-        content,
-        id=_field(request, "id", str),
+    item_id = _field(request, "id", str)
+    request_item = NewItem(
+        tier=tier,
+        content=content,
+        id=new_item_id() if item_id is None else item_id,
         embedding=embedding,
         metadata=_field(request, "metadata", dict),
         tags=_strings(request, "tags"),
         citations=_strings(request, "citations"),
-        confidence=1.0 if confidence is None else confidence,  # Mesh.put checks its range
+        confidence=1.0 if confidence is None else confidence,  # the memory checks its range
+    )
+    items = mesh.start_put_many(
+        [request_item],
         priority=Priority[priority.upper()],
         ack=AckLevel(ack),
         timeout_s=10.0 if timeout_s is None else float(timeout_s),
     )
-    return _as_json(item)
+    return _as_json(items)
 
 
-async def _as_json(pending: Awaitable[MemoryItem]) -> dict[str, Any]:
-    item = await pending
+async def _as_json(pending: Awaitable[list[MemoryItem]]) -> dict[str, Any]:
+    (item,) = await pending
     return item.to_json(with_embedding=False)
