@@ -77,7 +77,7 @@ def _flags(data: bytes) -> int:
 
 
 def _install() -> None:
-    submit, frame, link_up = NodeRuntime.submit, NodeRuntime.frame, NodeRuntime.link_up
+    submit, runtime_frame, link_up = NodeRuntime.submit, NodeRuntime.frame, NodeRuntime.link_up
     send, apply_remote, notify = WebRtcTransport.send, TieredMemory.apply_remote, Mesh.notify
 
     def traced_submit(self: NodeRuntime, event: Any) -> None:
@@ -91,19 +91,21 @@ def _install() -> None:
 
     def traced_frame(self: NodeRuntime, peer_id: str, data: bytes) -> None:
         TRACE.append((time.time_ns(), "frame", _msg_type(data), len(data), peer_id, _flags(data)))
-        frame(self, peer_id, data)
+        runtime_frame(self, peer_id, data)
 
     def traced_link_up(self: NodeRuntime, peer_id: str, address: str = "") -> None:
         TRACE.append((time.time_ns(), "link_up", peer_id))
         link_up(self, peer_id, address)
 
+    swim_urgent = os.environ.get("MM_BENCH_WHAT_IF") == "swim-urgent"
+
     def traced_send(
-        self: WebRtcTransport, peer_id: str, frame_: bytes, *, urgent: bool = False
+        self: WebRtcTransport, peer_id: str, frame: bytes, *, urgent: bool = False
     ) -> bool:
-        TRACE.append(
-            (time.time_ns(), "send", _msg_type(frame_), len(frame_), urgent, _flags(frame_))
-        )
-        return send(self, peer_id, frame_, urgent=urgent)
+        if swim_urgent and _msg_type(frame) in SWIM_TYPES:
+            urgent = True
+        TRACE.append((time.time_ns(), "send", _msg_type(frame), len(frame), urgent, _flags(frame)))
+        return send(self, peer_id, frame, urgent=urgent)
 
     def traced_apply(self: TieredMemory, tier: str, update: bytes, now_ms: int) -> Any:
         change = apply_remote(self, tier, update, now_ms)
@@ -121,15 +123,6 @@ def _install() -> None:
         if remote:
             TRACE.append((time.time_ns(), "emit", len(remote), remote[0].item_id))
         notify(self, events)
-
-    if os.environ.get("MM_BENCH_WHAT_IF") == "swim-urgent":
-        plain_send = traced_send
-
-        def traced_send(  # type: ignore[no-redef]
-            self: WebRtcTransport, peer_id: str, frame_: bytes, *, urgent: bool = False
-        ) -> bool:
-            swim = _msg_type(frame_) in SWIM_TYPES
-            return plain_send(self, peer_id, frame_, urgent=urgent or swim)
 
     NodeRuntime.submit = traced_submit  # type: ignore[method-assign]
     NodeRuntime.frame = traced_frame  # type: ignore[method-assign]
