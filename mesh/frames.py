@@ -105,6 +105,7 @@ class Flags:
     RELAYED: Final = 0x0040
     ACK_ALL: Final = 0x0080  # with REQUIRES_ACK: every receiver acks, not only the origin's links
     ZSTD: Final = 0x0100  # with COMPRESSED: the payload is one zstd frame (else one zlib stream)
+    DEFINED: Final = 0x01FF  # every bit above; the others are reserved and sent as 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class Frame:
 def encode_frame(frame: Frame, *, compress: bool | None = None) -> bytes:
     """Return header + payload; payloads over 1 KiB are zstd-compressed when it helps."""
     payload = frame.payload
-    flags = frame.flags & ~(Flags.COMPRESSED | Flags.ZSTD)
+    flags = frame.flags & (Flags.DEFINED & ~(Flags.COMPRESSED | Flags.ZSTD))
     should = len(payload) >= COMPRESS_THRESHOLD if compress is None else compress
     if should:
         # A compressor per call (about 8 µs): they are not thread-safe, and the Node may
@@ -183,7 +184,10 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     if flags & Flags.COMPRESSED:
         packed = memoryview(data)[HEADER_SIZE:]  # read in place: no copy of a sync slice's piece
         cap = limits.max_decompressed_bytes
-        payload = _unzstd(packed, cap) if flags & Flags.ZSTD else _inflate(packed, cap)
+        try:
+            payload = _unzstd(packed, cap) if flags & Flags.ZSTD else _inflate(packed, cap)
+        finally:
+            packed.release()  # a bytearray given in must not stay locked by a FrameError
     else:
         payload = bytes(data[HEADER_SIZE:])
     return Frame(kind, payload, level, flags, batch_count, ts)

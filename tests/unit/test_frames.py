@@ -223,3 +223,18 @@ def test_compress_can_be_forced_off() -> None:
     payload = b"a" * 4096
     data = encode_frame(Frame(MsgType.MEMORY_SYNC, payload), compress=False)
     assert data[HEADER_SIZE:] == payload
+
+
+def test_reserved_flag_bits_are_sent_as_zero() -> None:
+    for given in (0x8000, 0x0204, -0x12):
+        data = encode_frame(Frame(MsgType.PING, b"x", flags=given))
+        sent = struct.unpack_from(">H", data, 10)[0]
+        assert sent == given & Flags.DEFINED & ~(Flags.COMPRESSED | Flags.ZSTD)
+
+
+def test_a_bytearray_is_free_again_after_a_bad_compressed_frame() -> None:
+    data = bytearray(raw(b"\x28\xb5\x2f\xfd junk", flags=ZSTD))
+    with pytest.raises(FrameError) as refused:
+        decode_frame(data)
+    data.extend(b"more")  # resizable while the error is still held
+    assert refused.value is not None
