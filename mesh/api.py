@@ -308,10 +308,10 @@ class Mesh:
     ) -> list[MemoryItem]:
         """Store many items in one transaction (all validated first); return them."""
         await self._respect_backpressure()
-        if self._runtime is not None:
-            return list((await self._submit_write(
-                puts=tuple(requests), priority=priority, ack=ack, timeout_s=timeout_s
-            )).items)  # fmt: skip
+        if self._runtime is not None:  # not held back now: it goes to the node at once
+            return await self.start_put_many(
+                requests, priority=priority, ack=ack, timeout_s=timeout_s
+            )
         with cyclic_gc_paused():
             change = self.memory.put_many(requests, wall_ms())
         await self._commit(change)
@@ -394,7 +394,7 @@ class Mesh:
         """Delete a live item durably; raises ItemNotFoundError if there is none."""
         if self._runtime is not None:
             self.memory.get(item_id)  # the clear error, before anything is queued
-            await self._through_node(delete_ids=(item_id,), priority=priority, ack=ack)
+            await self._submit_write(delete_ids=(item_id,), priority=priority, ack=ack)
             return
         await self._commit(self.memory.delete(item_id, wall_ms()))
 
@@ -402,7 +402,7 @@ class Mesh:
         """Move a live item to another tier durably and return it there."""
         if self._runtime is not None:
             self.memory.get(item_id)
-            await self._through_node(moves=((item_id, tier),))
+            await self._submit_write(moves=((item_id, tier),))
             return self.memory.get(item_id)
         change = self.memory.move(item_id, tier, wall_ms())
         await self._commit(change)
@@ -439,16 +439,11 @@ class Mesh:
             raise WriteError("the node's runtime is closed; nothing was written", applied=False)
         return runtime
 
-    async def _through_node(self, **fields: Any) -> WriteAcked:
-        return await self._submit_write(**fields)
-
     def _submit_write(self, **fields: Any) -> asyncio.Future[WriteAcked]:
         """Hand the node a WriteRequested with `fields` now; return the future of its ack."""
         runtime = self._open_runtime()
         assert runtime is not None
-        request_id, future = runtime.new_request_id()
-        runtime.submit(WriteRequested(request_id, **fields))
-        return future
+        return _submit(runtime, lambda request_id: WriteRequested(request_id, **fields))
 
     def lease(self, name: str, ttl_s: float, *, timeout_s: float = 5.0) -> LeaseRequest:
         """Ask the hub for the advisory lease `name` (await it, or `async with` it).
@@ -680,14 +675,13 @@ async def _items_of(acked: Awaitable[WriteAcked]) -> list[MemoryItem]:
     return list((await acked).items)
 
 
-async def _submit(
+def _submit(
     runtime: NodeRuntime, make: Callable[[int], WriteRequested | ImportRequested]
-) -> WriteAcked:
-    """Hand the Node the input `make(request_id)` builds; return its WriteAcked."""
+) -> asyncio.Future[WriteAcked]:
+    """Hand the Node the input `make(request_id)` builds now; return the future of its ack."""
     request_id, future = runtime.new_request_id()
     runtime.submit(make(request_id))
-    result: WriteAcked = await future
-    return result
+    return future
 
 
 class EventStream:
