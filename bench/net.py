@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -495,13 +495,26 @@ def _transfer_bytes(data_dir: Path, tier: str) -> dict[str, int]:
 # --------------------------------------------------------------------------- raw baseline
 
 
+@contextlib.contextmanager
+def _bare_pair(run: Run, dirs: dict[str, Path], label: str) -> Iterator[tuple[RawChild, RawChild]]:
+    """Yield a bare (dialer on host 1, listener on host 2), not linked yet; quit both at exit."""
+    h1, h2 = run.net.hosts[0], run.net.hosts[1]
+    listener = RawChild(run, h2, dirs["raw2"], f"raw-{label}-listener")
+    try:
+        dialer = RawChild(run, h1, dirs["raw1"], f"raw-{label}-dialer")
+        try:
+            yield dialer, listener
+        finally:
+            dialer.quit()
+    finally:
+        listener.quit()
+
+
 def measure_raw(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str) -> dict[str, Any]:
     """Echo RTT (both channels), stream and burst throughput, start-to-link of a bare pair."""
     h1, h2 = run.net.hosts[0], run.net.hosts[1]
     run.progress(f"raw {label}: bare WebRtcTransport pair {h1.address} -> {h2.address}")
-    listener = RawChild(run, h2, dirs["raw2"], f"raw-{label}-listener")
-    dialer = RawChild(run, h1, dirs["raw1"], f"raw-{label}-dialer")
-    try:
+    with _bare_pair(run, dirs, label) as (dialer, listener):
         link_s = dialer.connect(listener)
         spawn_to_link = (time.time_ns() - dialer.spawned_ns) / 1e9
         out: dict[str, Any] = {
@@ -556,17 +569,11 @@ def measure_raw(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str) -> di
             f"spawn->link {spawn_to_link:.2f} s"
         )
         return out
-    finally:
-        dialer.quit()
-        listener.quit()
 
 
 def measure_raw_stream(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str) -> dict[str, Any]:
     """The bare stream alone, right before an initial sync (contention drifts on this machine)."""
-    h1, h2 = run.net.hosts[0], run.net.hosts[1]
-    listener = RawChild(run, h2, dirs["raw2"], f"raw-{label}-listener")
-    dialer = RawChild(run, h1, dirs["raw1"], f"raw-{label}-dialer")
-    try:
+    with _bare_pair(run, dirs, label) as (dialer, listener):
         dialer.connect(listener)
         stream = dialer.cmd(
             op="stream", peer=listener.node_id, bytes=sizes.stream_bytes, frame=sizes.stream_frame
@@ -574,9 +581,6 @@ def measure_raw_stream(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str
         stream["bytes_per_s"] = stream["bytes"] / stream["seconds"]
         run.progress(f"raw {label}: stream {stream['bytes_per_s'] / 1e6:.2f} MB/s")
         return stream
-    finally:
-        dialer.quit()
-        listener.quit()
 
 
 def measure_raw_idle(run: Run, sizes: Sizes, dirs: dict[str, Path]) -> dict[str, Any]:
@@ -1142,20 +1146,14 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
         _wait("A and B linked", lambda: len(a.connected()) == 1 and len(b.connected()) == 1, 30)
         time.sleep(1.0)
         run.phase("linked", a, b)
-        echo_dirs = _node_dirs(work, ["echo1", "echo2"])
-        listener = RawChild(run, h2, echo_dirs["echo2"], "raw-echo-listener")
-        dialer = RawChild(run, h1, echo_dirs["echo1"], "raw-echo-dialer")
-        try:
+        with _bare_pair(run, raw_dirs, "echo") as echo:
+            dialer, listener = echo
             dialer.connect(listener)
             dialer.cmd(op="echo", peer=listener.node_id, count=20, size=64, urgent=True)
-            echo = (dialer, listener)
             results["latency_critical"] = measure_latency(run, a, b, sizes, "critical", echo)
             run.phase("latency-critical", a, b)
             results["latency_normal"] = measure_latency(run, a, b, sizes, "normal", echo)
             run.phase("latency-normal", a, b)
-        finally:
-            dialer.quit()
-            listener.quit()
         results["latency_poll"] = measure_poll_latency(run, a, b, sizes)
         run.phase("latency-polled", a, b)
         results["burst"] = measure_burst(
@@ -1317,12 +1315,12 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 unit="ms (median)",
                 baseline_name=f"echo RTT of a 64 B frame on the bare '{channel}' channel, each "
                 f"after {PROBE_QUIET_S * 1e3:g} ms of quiet, the least a probe write has "
-                "(median; one echo just before each probe write, on a bare pair in the same "
-                "namespaces)"
-                if interleaved is not None
-                else f"echo RTT of a 64 B frame on the bare '{channel}' channel, each "
-                f"after {PROBE_QUIET_S * 1e3:g} ms of quiet, the least a probe write has "
-                "(median, mean of the start and end runs)",
+                + (
+                    "(median, mean of the start and end runs)"
+                    if interleaved is None
+                    else "(median; one echo just before each probe write, on a bare pair in "
+                    "the same namespaces)"
+                ),
                 baseline_value=rtt,
                 ratio_meaning=f"write-to-{what} median / channel RTT median (lower is better)",
                 # The issue's target is write-to-visible; the event figure has none.
