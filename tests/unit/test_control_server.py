@@ -26,6 +26,16 @@ def _replies(sock: socket.socket, count: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()]
 
 
+def _number_after(delay_s: float) -> control.Handler:
+    """Return a handler that answers a request with its `n` after `delay_s`."""
+
+    async def handler(request: dict[str, Any]) -> Any:
+        await asyncio.sleep(delay_s)
+        return request["n"]
+
+    return handler
+
+
 async def _connect(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(10)
@@ -109,12 +119,7 @@ async def test_a_request_over_the_cap_is_refused_and_its_connection_closed(
 
 async def test_a_client_that_stops_sending_still_gets_its_answers(tmp_path: Path) -> None:
     """Also the last request without its newline, as readline served it."""
-
-    async def handler(request: dict[str, Any]) -> Any:
-        await asyncio.sleep(0.02)
-        return request["n"]
-
-    async with control.ControlServer(tmp_path, handler):
+    async with control.ControlServer(tmp_path, _number_after(0.02)):
         sock = await _connect(tmp_path)
         sock.sendall(b'{"n": 1}\n{"n": 2}')
         sock.shutdown(socket.SHUT_WR)
@@ -123,40 +128,30 @@ async def test_a_client_that_stops_sending_still_gets_its_answers(tmp_path: Path
     assert [r["result"] for r in replies] == [1, 2]
 
 
-async def test_a_request_over_the_cap_is_refused_after_the_answer_in_progress(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("pieces", "answer_s"),
+    [
+        ((b'{"n": 1}\n', b'{"n": "' + b"x" * 1500), 0.3),  # arrives while 1 is answered
+        ((b'{"n": 1}\n{"n": "' + b"x" * 1500,), 0.0),  # in one read behind request 1
+    ],
+    ids=["while-answering", "same-read"],
+)
+async def test_a_request_over_the_cap_is_refused_in_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pieces: tuple[bytes, ...], answer_s: float
 ) -> None:
+    """Regression: refused at once it cut off the answer in progress; sent in one read
+    with the request before it, it was never refused and the client waited."""
     monkeypatch.setattr(control, "MAX_REQUEST_BYTES", 1000)
 
-    async def handler(request: dict[str, Any]) -> Any:
-        await asyncio.sleep(0.3)
-        return request["n"]
-
-    async with control.ControlServer(tmp_path, handler):
+    async with control.ControlServer(tmp_path, _number_after(answer_s)):
         sock = await _connect(tmp_path)
-        sock.sendall(b'{"n": 1}\n')
-        await asyncio.sleep(0.05)
-        sock.sendall(b'{"n": "' + b"x" * 1500)
+        for piece in pieces:
+            sock.sendall(piece)
+            await asyncio.sleep(0.05)
         replies = await asyncio.to_thread(_replies, sock, 2)
         sock.close()
     assert [r.get("result") for r in replies] == [1, None]
     assert "over 1000 bytes" in replies[1]["error"]
-
-
-async def test_a_request_over_the_cap_sent_with_one_before_it_is_refused_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(control, "MAX_REQUEST_BYTES", 1000)
-
-    async def handler(request: dict[str, Any]) -> Any:
-        return request["n"]
-
-    async with control.ControlServer(tmp_path, handler):
-        sock = await _connect(tmp_path)
-        sock.sendall(b'{"n": 1}\n{"n": "' + b"x" * 1500)
-        replies = await asyncio.to_thread(_replies, sock, 2)  # timed out before the fix
-        sock.close()
-    assert replies[0]["result"] == 1 and "over 1000 bytes" in replies[1]["error"]
 
 
 async def test_a_result_json_cannot_encode_is_an_error_reply(tmp_path: Path) -> None:
