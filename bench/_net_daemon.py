@@ -16,7 +16,7 @@ send        `WebRtcTransport.send` is entered (a Send effect)      msg type, byt
 frame       `NodeRuntime.frame` is entered (aiortc delivered it)   msg type, bytes, peer, flags
 applied     `TieredMemory.apply_remote` returned: readable by get  tier, items, first id
 emit        `Mesh.notify` (after the commit): a subscriber wakes   remote items, first id
-link_up     `NodeRuntime.link_up`                                  peer
+link_up     `NodeRuntime.link_up`                                  peer, process CPU s (os.times)
 ==========  ===================================================  ============================
 
 All processes of one machine share CLOCK_REALTIME, so these times compare directly with
@@ -94,7 +94,8 @@ def _install() -> None:
         runtime_frame(self, peer_id, data)
 
     def traced_link_up(self: NodeRuntime, peer_id: str, address: str = "") -> None:
-        TRACE.append((time.time_ns(), "link_up", peer_id))
+        cpu = os.times()  # the whole process: every thread
+        TRACE.append((time.time_ns(), "link_up", peer_id, cpu.user + cpu.system))
         link_up(self, peer_id, address)
 
     swim_urgent = os.environ.get("MM_BENCH_WHAT_IF") == "swim-urgent"

@@ -427,7 +427,7 @@ def _node_dirs(work: Path, names: list[str]) -> dict[str, Path]:
     return dirs
 
 
-def _cpu_seconds(child: DaemonChild) -> float:
+def _cpu_seconds(child: DaemonChild | RawChild) -> float:
     """Return the user + system CPU seconds of the child's process so far (all threads)."""
     assert child.proc is not None
     with open(f"/proc/{child.proc.pid}/stat", encoding="ascii") as fh:
@@ -575,11 +575,18 @@ def measure_raw_stream(run: Run, sizes: Sizes, dirs: dict[str, Path], label: str
     """The bare stream alone, right before an initial sync (contention drifts on this machine)."""
     with _bare_pair(run, dirs, label) as (dialer, listener):
         dialer.connect(listener)
+        cpu_before = _cpu_seconds(dialer), _cpu_seconds(listener)
         stream = dialer.cmd(
             op="stream", peer=listener.node_id, bytes=sizes.stream_bytes, frame=sizes.stream_frame
         )
         stream["bytes_per_s"] = stream["bytes"] / stream["seconds"]
-        run.progress(f"raw {label}: stream {stream['bytes_per_s'] / 1e6:.2f} MB/s")
+        # Both processes' CPU over the stream: the bare channel's own cost per byte.
+        stream["cpu_s_sender"] = _cpu_seconds(dialer) - cpu_before[0]
+        stream["cpu_s_receiver"] = _cpu_seconds(listener) - cpu_before[1]
+        run.progress(
+            f"raw {label}: stream {stream['bytes_per_s'] / 1e6:.2f} MB/s, CPU sender "
+            f"{stream['cpu_s_sender']:.2f} s, receiver {stream['cpu_s_receiver']:.2f} s"
+        )
         return stream
 
 
@@ -870,6 +877,7 @@ def measure_initial_sync(
     completed = False
     reason = ""
     done_bytes, next_status = 0, 0.0
+    a_cpu_at_link: float | None = None  # A's CPU at the poll that first saw B's link up
     while True:
         reply = b.trace()
         records.extend(reply["records"])
@@ -877,6 +885,8 @@ def measure_initial_sync(
         if got >= items:
             completed = True
             break
+        if a_cpu_at_link is None and any(r[1] == "link_up" for r in reply["records"]):
+            a_cpu_at_link = _cpu_seconds(a)  # up to one poll late: A's share is undercounted
         if time.monotonic() >= next_status:  # status costs B O(items): once a second
             next_status = time.monotonic() + 1.0
             try:
@@ -901,6 +911,7 @@ def measure_initial_sync(
     counters = b.bench("counters")
     status = b.call("status")
     link_ups = [r[0] for r in records if r[1] == "link_up"]
+    link_up_cpu = [r[3] for r in records if r[1] == "link_up"]  # B's own CPU then
     frames = [r for r in records if r[1] == "frame"]
     sync_frames = [r for r in frames if r[2] == "MEMORY_SYNC"]
     done_ns = reply["last_applied_ns"].get(tier)
@@ -943,6 +954,13 @@ def measure_initial_sync(
         # up included): steadier than the time when other work shares the cores.
         "cpu_s_a": cpu_at_end[0] - a_cpu_before,
         "cpu_s_b_from_spawn": cpu_at_end[1],
+        # CPU of both processes from B's first link up to the end: the work of the sync
+        # itself, start-up excluded (B's read by B then, A's at the next poll).
+        # A short sync can end before a poll sees the link: then A counts from B's spawn
+        # (A idles meanwhile, save SWIM).
+        "cpu_s_a_from_link_up": cpu_at_end[0]
+        - (a_cpu_before if a_cpu_at_link is None else a_cpu_at_link),
+        "cpu_s_b_from_link_up": cpu_at_end[1] - link_up_cpu[0] if link_up_cpu else None,
     }
     with contextlib.suppress(Exception):
         a_links = a.bench("counters")["links"]
@@ -1200,11 +1218,49 @@ def run_all(run: Run, sizes: Sizes) -> dict[str, Any]:
     return results
 
 
+def _cpu_budget(sync: dict[str, Any], clean_bytes: int, stream: dict[str, Any]) -> dict[str, Any]:
+    """Where the sync's CPU goes against the bare stream's, and the best ratio it allows.
+
+    Both the bare stream and the sync are bound by CPU here, so on C cores a sync that
+    spends S CPU seconds takes at least S / C seconds, however its work is spread over
+    processes: that bounds the throughput ratio whatever the process layout.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    a, b = sync.get("cpu_s_a_from_link_up"), sync.get("cpu_s_b_from_link_up")
+    sender, receiver = stream.get("cpu_s_sender"), stream.get("cpu_s_receiver")
+    if a is None or b is None or sender is None or receiver is None:
+        return {"cpus": cpus, "note": "not measured (no link up seen, or an old stream record)"}
+    sync_cpu, bare_cpu = a + b, sender + receiver
+    if sync_cpu <= 0 or bare_cpu <= 0:
+        return {"cpus": cpus, "note": f"not measured (CPU {sync_cpu:g} s, bare {bare_cpu:g} s)"}
+    bare_per_mb = bare_cpu / (stream["bytes"] / 1e6)
+    ours_per_mb = sync_cpu / (clean_bytes / 1e6)
+    bare_time = clean_bytes / stream["bytes_per_s"]
+    return {
+        "cpus": cpus,
+        "sync_cpu_s": {"a": a, "b": b, "total": sync_cpu},
+        "bare_stream_cpu_s": {"sender": sender, "receiver": receiver, "total": bare_cpu},
+        "bare_cpu_s_per_mb": bare_per_mb,
+        "sync_cpu_s_per_mb": ours_per_mb,
+        "sync_cpu_per_byte_over_bare": ours_per_mb / bare_per_mb,
+        "cpu_s_the_target_allows": cpus * bare_time / TARGET_SYNC_THROUGHPUT_RATIO,
+        "best_ratio_with_this_cpu": bare_time / (sync_cpu / cpus),
+        "note": "best_ratio_with_this_cpu: the throughput ratio if all of the sync's CPU "
+        "seconds ran in parallel on every core with none idle; no process layout beats it "
+        "without spending less CPU",
+    }
+
+
 def _sync_figures(
-    name: str, sync: dict[str, Any], transfer: dict[str, int], sizes: Sizes, stream_bps: float
+    name: str,
+    sync: dict[str, Any],
+    transfer: dict[str, int],
+    sizes: Sizes,
+    stream: dict[str, Any],
 ) -> dict[str, Any]:
     """Figures of one initial sync: time, throughput (goodput) and wire bytes."""
     figures: dict[str, Any] = {}
+    stream_bps = stream["bytes_per_s"]
     items = sync["items"]
     raw_f32 = items * sizes.dim * 4
     clean = transfer["frame_bytes"]
@@ -1234,6 +1290,7 @@ def _sync_figures(
                 "all_bytes_received_per_s": sync["node_bytes_in"] / seconds,
                 "float32_equivalent_bytes_per_s": raw_f32 / seconds,
                 "float32_equivalent_ratio_to_bare_stream": raw_f32 / seconds / stream_bps,
+                "cpu_budget": _cpu_budget(sync, clean, stream),
                 "note": "all_bytes_received_per_s counts every byte B's node received, "
                 "including transfers repeated after link flaps; float32_equivalent_* is "
                 "the embeddings delivered per second counted as raw float32 (no target: the "
@@ -1407,7 +1464,7 @@ def build_figures(results: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
                 results[f"sync_{which}"],
                 results[f"transfer_{which}"],
                 sizes,
-                adjacent["bytes_per_s"],
+                adjacent,
             )
         )
 
