@@ -62,8 +62,8 @@ def encode_embedding(vec: FloatVector, codec: EmbeddingCodec) -> bytes:
             raise InvalidItemError("embedding value exceeds float16 range (65504); use f32")
         return vec.astype("<f2").tobytes()
     peak = float(np.abs(vec).max()) if vec.size else 0.0
-    scale = peak / 127.0 if peak > 0 else 1.0
-    if np.float32(scale) == 0:  # the stored float32 scale underflows: it is a zero vector
+    scale = peak / 127.0
+    if np.float32(scale) == 0:  # a zero vector, or the stored float32 scale underflows
         scale = 1.0  # (then re-encoding what readers see gives these bytes again)
     quantised: npt.NDArray[np.int8] = np.clip(np.rint(vec / scale), -127, 127).astype(np.int8)
     return _SCALE.pack(scale) + quantised.tobytes()

@@ -526,8 +526,8 @@ def quantise_rows(
         # encode_embedding per row: scale = peak / 127 in float64, stored as float32; the
         # division by the scale happens in float32 (a Python float operand is weak).
         peak = np.abs(rows).max(axis=1).astype(np.float64)
-        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-        scale[scale == 0] = 1.0  # underflowed: a zero vector, as encode_embedding has it
+        scale = (peak / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0  # a zero row or an underflow, as encode_embedding has it
         ints = np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8)
         raw = np.empty((count, 4 + dim), dtype=np.uint8)
         raw[:, :4] = scale.astype("<f4").view(np.uint8).reshape(count, 4)

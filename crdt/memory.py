@@ -47,6 +47,7 @@ from crdt.item import (
 )
 from crdt.item import to_record as encode_record
 from crdt.merkle import MerkleDigest
+from crdt.resolvers import lww
 from crdt.search import SearchHit, SearchPlan, VectorIndex
 from crdt.tier import TierDoc, version_hashes
 
@@ -574,7 +575,7 @@ class TieredMemory:
                 events.append(self._event(item.tier, item_id, EventKind.PUT, "remote", item))
             elif was_live:
                 # The newest version (versions are sorted by tier and writer, not time).
-                last = max(resolution.versions, key=lambda v: v.order_key, default=None)
+                last = lww(resolution.versions) if resolution.versions else None
                 events.append(self._event(tier, item_id, EventKind.DELETE, "remote", last))
         if puts:
             events.extend(self._remote_puts(puts))

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from pycrdt import Doc, Map, merge_updates
 
 from crdt.item import ITEM_ID_PATTERN
-from crdt.yslice import UpdateShape, check_update
+from crdt.yslice import UpdateShape, check_update, delete_set_update
 from crdt.ywire import WireFormatError, decode_state_vector
 
 KEY_SEP = "/"
@@ -44,13 +44,10 @@ def _note_wait(waits: dict[int, int], client: int, start: int) -> None:
         waits[client] = start
 
 
-def _deletes_past(deleted_upto: Mapping[int, int] | None, state_vector: bytes) -> bool:
-    """True if deletions reach at or past `state_vector` (or are unknown: None)."""
+def _deletes_past(deleted_upto: Mapping[int, int] | None, vector: Mapping[int, int]) -> bool:
+    """True if deletions reach at or past the decoded state `vector` (or are unknown: None)."""
     if deleted_upto is None:
         return True
-    if not deleted_upto:
-        return False
-    vector = decode_state_vector(state_vector)
     return any(end > vector.get(client, 0) for client, end in deleted_upto.items())
 
 
@@ -303,7 +300,8 @@ class TierDoc:
         Cheap when nothing can be ready: only a client clock reaching one of
         `_held_waits` makes it walk the held updates.
         """
-        vector = decode_state_vector(self.state_vector())
+        state = self.state_vector()
+        vector = decode_state_vector(state)
         if all(vector.get(c, 0) < start for c, start in self._held_waits.items()):
             return set()
         changed: set[str] = set()
@@ -313,10 +311,11 @@ class TierDoc:
             still_held = []
             for held in self._held:
                 if all(s <= vector.get(c, 0) for c, s in held.shape.starts.items()):
-                    changed |= self._integrate(held.update, held.shape)
+                    changed |= self._integrate(held.update, held.shape, state)
                     self._held_bytes -= len(held.update)
                     self.released.append(held.update)
-                    vector = decode_state_vector(self.state_vector())
+                    state = self.state_vector()
+                    vector = decode_state_vector(state)
                     progress = True
                 else:
                     still_held.append(held)
@@ -366,11 +365,9 @@ class TierDoc:
         pending = False
         if shape.deleted_upto is None or shape.deleted_upto:
             after = self.state_vector()
-            pending = _deletes_past(shape.deleted_upto, after)
+            pending = _deletes_past(shape.deleted_upto, decode_state_vector(after))
         if pending:
-            # Its delete set alone (no struct groups, then the delete set): small.
-            delete_set = b"\x00" + update[shape.delete_set_at :]
-            self._pending_deletes.append((shape.deleted_upto, delete_set))
+            self._pending_deletes.append((shape.deleted_upto, delete_set_update(update, shape)))
             if len(self._pending_deletes) > MAX_HELD_UPDATES:
                 del self._pending_deletes[0]
         if self._changed_keys or pending or (after or self.state_vector()) != before:
@@ -427,7 +424,7 @@ class TierDoc:
         compaction that stored it instead of their rows lost them, and after a restart the
         deleted items came back when they arrived.
         """
-        vector = self.state_vector()
+        vector = decode_state_vector(self.state_vector())
         self._pending_deletes = [
             (upto, update) for upto, update in self._pending_deletes if _deletes_past(upto, vector)
         ]

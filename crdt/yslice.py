@@ -199,6 +199,11 @@ def check_update(update: bytes) -> UpdateShape:
     return UpdateShape(clients > 0, starts, upto, delete_set_at)
 
 
+def delete_set_update(update: bytes, shape: UpdateShape) -> bytes:
+    """Return `update`'s delete set alone, as an update (no struct groups): small."""
+    return b"\x00" + update[shape.delete_set_at :]  # a count of 0 struct groups first
+
+
 def _read_groups(data: bytes) -> tuple[list[_Group], int]:
     count, pos = read_var_uint(data, 0)
     groups = []
