@@ -29,6 +29,7 @@ CONFIRM_RETRY_S: Final = 1.0
 CONFIRM_RECHECK_S: Final = 30.0  # an advert still silent after those is resolved again then
 CONFIRM_RECHECKS_MAX: Final = 256  # names awaiting a recheck at once (adverts are free)
 CONFIRM_RECHECKS_PER_NAME: Final = 10  # ... each looked at again at most this often
+RECHECK_COUNTS_KEPT: Final = 4 * CONFIRM_RECHECKS_MAX  # names whose rechecks are counted
 CONFIRM_CONCURRENCY: Final = 8  # first probes (TCP connections) running at once
 RECHECK_CONCURRENCY: Final = 1  # rechecks queue apart, so forged names cannot delay others
 
@@ -121,7 +122,7 @@ class MdnsDiscovery:
         self._probes = asyncio.Semaphore(CONFIRM_CONCURRENCY)
         self._recheck_probes = asyncio.Semaphore(RECHECK_CONCURRENCY)
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
-        self._recheck_counts: dict[str, int] = {}  # bounded with _rechecks
+        self._recheck_counts: dict[str, int] = {}  # at most RECHECK_COUNTS_KEPT, oldest out
         self.ignored_invalid = 0
         self.ignored_unconfirmed = 0
         self._closed = False
@@ -249,7 +250,11 @@ class MdnsDiscovery:
                 recheck.cancel()
             self._forget(name)
             return
-        task = asyncio.get_running_loop().create_task(self._resolve(name))
+        self._start_resolve(name)
+
+    def _start_resolve(self, name: str, *, recheck: bool = False) -> None:
+        """Resolve `name` in a task of its own, tracked in `_resolving` until it ends."""
+        task = asyncio.get_running_loop().create_task(self._resolve(name, recheck=recheck))
         self._resolving[name] = task
         task.add_done_callback(lambda done: self._resolved(name, done))
 
@@ -349,9 +354,7 @@ class MdnsDiscovery:
             return
         if len(self._rechecks) >= CONFIRM_RECHECKS_MAX:
             return
-        if name not in self._recheck_counts and len(self._recheck_counts) >= 4 * (
-            CONFIRM_RECHECKS_MAX
-        ):
+        if name not in self._recheck_counts and len(self._recheck_counts) >= RECHECK_COUNTS_KEPT:
             self._recheck_counts.pop(next(iter(self._recheck_counts)))
         self._recheck_counts[name] = done + 1
 
@@ -359,9 +362,7 @@ class MdnsDiscovery:
             self._rechecks.pop(name, None)
             if self._closed or name in self._resolving:
                 return
-            task = asyncio.get_running_loop().create_task(self._resolve(name, recheck=True))
-            self._resolving[name] = task
-            task.add_done_callback(lambda done: self._resolved(name, done))
+            self._start_resolve(name, recheck=True)
 
         self._rechecks[name] = asyncio.get_running_loop().call_later(CONFIRM_RECHECK_S, recheck)
 
