@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -659,6 +660,11 @@ class TieredMemory:
     def count(self, tier: str) -> int:
         """Return the number of live items whose home is `tier`."""
         return sum(1 for home in self._home.values() if home == tier)
+
+    def counts(self) -> dict[str, int]:
+        """Return `count(tier)` of every replicated tier, in one pass over the live items."""
+        homes = Counter(self._home.values())
+        return {tier: homes[tier] for tier in self.tiers}
 
     def __contains__(self, item_id: object) -> bool:
         """Return True if `item_id` is a live item."""

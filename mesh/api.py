@@ -285,6 +285,36 @@ class Mesh:
         disk) raises WriteError with `applied=True` too (StoreError without a daemon): the
         write is in memory and the committer retries it, so do not write it again.
         """
+        return await self.start_put(
+            tier,
+            content,
+            id=id,
+            embedding=embedding,
+            metadata=metadata,
+            tags=tags,
+            citations=citations,
+            confidence=confidence,
+            priority=priority,
+            ack=ack,
+            timeout_s=timeout_s,
+        )
+
+    def start_put(
+        self,
+        tier: str,
+        content: str,
+        *,
+        id: str | None = None,
+        embedding: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        citations: Sequence[str] = (),
+        confidence: float = 1.0,
+        priority: Priority = Priority.NORMAL,
+        ack: AckLevel = AckLevel.LOCAL,
+        timeout_s: float = 10.0,
+    ) -> Awaitable[MemoryItem]:
+        """Do `put`, handing the write to the node before returning (`start_put_many`)."""
         request = NewItem(
             tier=tier,
             content=content,
@@ -295,8 +325,9 @@ class Mesh:
             citations=citations,
             confidence=confidence,
         )
-        (item,) = await self.put_many([request], priority=priority, ack=ack, timeout_s=timeout_s)
-        return item
+        return _only_item(
+            self.start_put_many([request], priority=priority, ack=ack, timeout_s=timeout_s)
+        )
 
     async def put_many(
         self,
@@ -309,8 +340,10 @@ class Mesh:
         """Store many items in one transaction (all validated first); return them."""
         await self._respect_backpressure()
         if self._runtime is not None:  # not held back now: it goes to the node at once
-            return await self.start_put_many(
-                requests, priority=priority, ack=ack, timeout_s=timeout_s
+            return await _items_of(
+                self._submit_write(
+                    puts=tuple(requests), priority=priority, ack=ack, timeout_s=timeout_s
+                )
             )
         with cyclic_gc_paused():
             change = self.memory.put_many(requests, wall_ms())
@@ -584,12 +617,13 @@ class Mesh:
         """Return a JSON-friendly summary: node, tiers with counts and digests, counters."""
         memory = self.memory
         committer = self._running()
+        counts = memory.counts()
         return {
             "node_id": self.node_id,
             "data_dir": str(self.data_dir),
             "tiers": {
                 tier: {
-                    "items": memory.count(tier),
+                    "items": counts[tier],
                     "digest": memory.digest(tier).root().hex(),
                     "held_updates": memory.tier_doc(tier).held_updates,
                 }
@@ -673,6 +707,12 @@ class Mesh:
 async def _items_of(acked: Awaitable[WriteAcked]) -> list[MemoryItem]:
     """Return the items a write stored, once it is acked."""
     return list((await acked).items)
+
+
+async def _only_item(pending: Awaitable[list[MemoryItem]]) -> MemoryItem:
+    """Return the one item a single put stored."""
+    (item,) = await pending
+    return item
 
 
 def _submit(

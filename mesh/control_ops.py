@@ -13,8 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from crdt.item import MemoryItem
-from crdt.memory import NewItem
-from mesh.api import Mesh, new_item_id
+from mesh.api import Mesh
 from mesh.frames import Priority
 from mesh.inputs import AckLevel
 
@@ -64,7 +63,7 @@ async def put(mesh: Mesh, request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any]]:
-    """Check a `put` request and hand it to `Mesh.start_put_many` now; await the item as JSON.
+    """Check a `put` request and hand it to `Mesh.start_put` now; await the item as JSON.
 
     The JSON is the item's without its vector (`embedding_dim` says its size).
 
@@ -91,26 +90,21 @@ def start_put(mesh: Mesh, request: Mapping[str, Any]) -> Awaitable[dict[str, Any
     timeout_s = _field(request, "timeout_s", NUMBER)
     if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN fails too
         raise ValueError(f"put: timeout_s must be in (0, {MAX_TIMEOUT_S:g}], not {timeout_s!r}")
-    item_id = _field(request, "id", str)
-    request_item = NewItem(
-        tier=tier,
-        content=content,
-        id=new_item_id() if item_id is None else item_id,
+    item = mesh.start_put(
+        tier,
+        content,
+        id=_field(request, "id", str),
         embedding=embedding,
         metadata=_field(request, "metadata", dict),
         tags=_strings(request, "tags"),
         citations=_strings(request, "citations"),
         confidence=1.0 if confidence is None else confidence,  # the memory checks its range
-    )
-    items = mesh.start_put_many(
-        [request_item],
         priority=Priority[priority.upper()],
         ack=AckLevel(ack),
         timeout_s=10.0 if timeout_s is None else float(timeout_s),
     )
-    return _as_json(items)
+    return _as_json(item)
 
 
-async def _as_json(pending: Awaitable[list[MemoryItem]]) -> dict[str, Any]:
-    (item,) = await pending
-    return item.to_json(with_embedding=False)
+async def _as_json(pending: Awaitable[MemoryItem]) -> dict[str, Any]:
+    return (await pending).to_json(with_embedding=False)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import random
 import signal
@@ -423,21 +424,23 @@ class Daemon:
             return None
 
         # Any local user can connect: bounded connections, and a text built at most once a
-        # second (it counts every tier's items on the loop), so scrapes cannot starve it.
-        clients = [0]
-        cached: list[tuple[float, bytes]] = []
+        # second (it counts the live items on the loop), so scrapes cannot starve it.
+        clients = 0
+        built_at, cached = -math.inf, b""
 
         def body() -> bytes:
+            nonlocal built_at, cached
             now = time.monotonic()
-            if not cached or now - cached[0][0] >= METRICS_CACHE_S:
-                cached[:] = [(now, self.metrics_text().encode())]
-            return cached[0][1]
+            if now - built_at >= METRICS_CACHE_S:
+                built_at, cached = now, self.metrics_text().encode()
+            return cached
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if clients[0] >= METRICS_MAX_CLIENTS:
+            nonlocal clients
+            if clients >= METRICS_MAX_CLIENTS:
                 writer.close()
                 return
-            clients[0] += 1
+            clients += 1
             try:
                 with contextlib.suppress(ConnectionError, TimeoutError, ValueError):
                     async with asyncio.timeout(METRICS_REQUEST_TIMEOUT_S):  # idle clients go
@@ -450,7 +453,7 @@ class Daemon:
                         )
                         await writer.drain()
             finally:
-                clients[0] -= 1
+                clients -= 1
                 writer.close()
 
         return await asyncio.start_server(serve, host="127.0.0.1", port=port)
@@ -470,8 +473,8 @@ class Daemon:
             f"memmesh_conflicts_detected_total {mesh.memory.stats.conflicts_detected}",
             f"memmesh_is_hub {int(runtime.node.is_hub)}",
         ]
-        for tier in mesh.memory.tiers:
-            lines.append(f'memmesh_items{{tier="{tier}"}} {mesh.memory.count(tier)}')
+        for tier, count in mesh.memory.counts().items():
+            lines.append(f'memmesh_items{{tier="{tier}"}} {count}')
         lines += metrics_lines(runtime.node.mesh_stats())
         return "\n".join(lines) + "\n"
 

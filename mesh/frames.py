@@ -108,6 +108,10 @@ class Flags:
     DEFINED: Final = 0x01FF  # every bit above; the others are reserved and sent as 0
 
 
+# The flags `encode_frame` keeps from a Frame; it sets the compression bits itself.
+_FLAGS_KEPT: Final = Flags.DEFINED & ~(Flags.COMPRESSED | Flags.ZSTD)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Caps checked before any allocation."""
@@ -137,7 +141,7 @@ class Frame:
 def encode_frame(frame: Frame, *, compress: bool | None = None) -> bytes:
     """Return header + payload; payloads over 1 KiB are zstd-compressed when it helps."""
     payload = frame.payload
-    flags = frame.flags & (Flags.DEFINED & ~(Flags.COMPRESSED | Flags.ZSTD))
+    flags = frame.flags & _FLAGS_KEPT
     should = len(payload) >= COMPRESS_THRESHOLD if compress is None else compress
     if should:
         # A compressor per call (about 8 µs): they are not thread-safe, and the Node may

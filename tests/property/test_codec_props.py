@@ -138,7 +138,7 @@ def decodes_or_frame_error(data: bytes) -> Message | None:
 
 
 @given(MESSAGES, HEADER_OPTS)
-def test_round_trip(msg: Message, opts: tuple[Priority, int, Flags]) -> None:
+def test_round_trip(msg: Message, opts: tuple[Priority, int, int]) -> None:
     priority, ts, flags = opts
     frame, back = decode_message(
         encode_message(msg, priority=priority, timestamp_ns=ts, flags=flags)
